@@ -1,0 +1,74 @@
+# plantwatch developer entry points. `make demo` and `make test` work on a fresh machine:
+# they create .venv, install the package with its extras, and (for tests) Java and Kafka.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+KAFKA  := $(PYTHON) deploy/local/kafka.py
+DEMO   := .demo
+# The CPU build of torch; any other version pulls several GB of CUDA packages.
+TORCH  ?= torch==2.13.0
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help install java kafka-install kafka-start kafka-stop lint typecheck pytest test demo clean
+
+help:
+	@echo "make demo   simulate a plant, train a model bundle, inspect it"
+	@echo "make test   lint, type checks and the whole test suite against a local Kafka"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Re-installs when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e '.[cpu,train,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "installing Java (openjdk-17-jre-headless) for the local Kafka broker"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openjdk-17-jre-headless; }
+
+kafka-install: java
+	$(KAFKA) install
+
+kafka-start: kafka-install
+	$(KAFKA) start
+
+kafka-stop:
+	$(KAFKA) stop
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/pytest
+
+# Starts Kafka only if it was not already running, and then stops it again whatever happened.
+test: install kafka-install
+	@was_running=0; $(KAFKA) status >/dev/null 2>&1 && was_running=1; \
+	$(KAFKA) start || exit 1; \
+	status=0; $(MAKE) --no-print-directory lint typecheck pytest || status=$$?; \
+	[ $$was_running = 1 ] || $(KAFKA) stop; \
+	exit $$status
+
+demo: install
+	@mkdir -p $(DEMO)
+	$(BIN)/plantwatch simulate --out $(DEMO)/normal.parquet --pumps 4 --compressors 2 \
+	  --duration 12h --faults 0 --seed 1
+	$(BIN)/plantwatch train --data $(DEMO)/normal.parquet --out $(DEMO)/bundle \
+	  --model dense --window 32 --epochs 40 --no-progress --name demo-plant
+	$(BIN)/plantwatch inspect $(DEMO)/bundle
+	@echo
+	@echo "bundle: $(DEMO)/bundle   report: $(DEMO)/bundle/report/summary.md"
+
+clean:
+	rm -rf $(DEMO) .mypy_cache .ruff_cache .pytest_cache

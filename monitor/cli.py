@@ -1,0 +1,314 @@
+"""The ``plantwatch`` command line: the only place that parses arguments or configures logging.
+
+Offline subcommands (``simulate``, ``train``) live in the :mod:`training` package and are
+imported only when invoked, so the runtime never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from monitor import __version__
+from monitor.errors import ConfigError, DependencyError, PlantwatchError
+
+logger = logging.getLogger("plantwatch")
+
+Handler = Callable[[argparse.Namespace], int]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str) -> float:
+    """Parse ``90``, ``90s``, ``15m``, ``6h`` or ``2d`` into seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 90s, 15m, 6h, 2d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def csv_list(text: str) -> tuple[str, ...]:
+    items = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for plant log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # The ONNX exporter narrates every optimiser pass and warns that torchvision (which
+    # plantwatch does not use) is absent; keep its errors only.
+    for chatty in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(chatty).setLevel(max(logging.ERROR, root.level))
+
+
+# --- subcommands -----------------------------------------------------------------------------
+
+
+def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="simulate a plant of pumps and compressors, to a file or to Kafka",
+        description=(
+            "Simulate a deterministic (by --seed) plant of centrifugal pumps and compressors "
+            "with operating-mode changes, daily cycles, sensor noise and labelled injected "
+            "faults. Writes CSV or Parquet (by the --out suffix) or produces JSON readings to a "
+            "Kafka topic, keyed by asset id."
+        ),
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="file to write (.csv or .parquet)")
+    target.add_argument("--kafka-topic", help="Kafka topic to produce readings to")
+    p.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+    )
+    p.add_argument("--rate", type=float, default=0.0, help="readings/s to Kafka (0: max)")
+    p.add_argument("--batch-size", type=int, default=1, help="readings per Kafka message")
+    p.add_argument("--pumps", type=int, default=4)
+    p.add_argument("--compressors", type=int, default=2)
+    p.add_argument("--duration", type=duration, default=86_400.0, help="e.g. 6h, 2d")
+    p.add_argument("--interval", type=duration, default=1.0, help="sampling interval")
+    p.add_argument("--start", default="2026-01-01T00:00:00Z", help="first timestamp (ISO-8601)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--faults", type=int, default=None, help="exact number of fault episodes (0: normal only)"
+    )
+    p.add_argument(
+        "--fault-rate", type=float, default=1.0, help="fault episodes per asset-day (default 1)"
+    )
+    p.add_argument("--fault-kinds", type=csv_list, help="subset of fault kinds")
+    p.add_argument(
+        "--faults-out",
+        type=Path,
+        help="write the fault episodes (ground truth) as JSON (default: beside --out)",
+    )
+    p.set_defaults(handler=_run_simulate)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from training.simulator import (
+        FAULT_KINDS,
+        PlantConfig,
+        PlantSimulator,
+        produce,
+        write,
+        write_faults,
+    )
+
+    config = PlantConfig(
+        n_pumps=args.pumps,
+        n_compressors=args.compressors,
+        interval_s=args.interval,
+        start=args.start,
+        duration_s=args.duration,
+        seed=args.seed,
+        fault_kinds=args.fault_kinds or FAULT_KINDS,
+        faults_per_asset_day=args.fault_rate,
+        n_faults=args.faults,
+    )
+    sim = PlantSimulator(config)
+    faults_out = args.faults_out
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        summary = write(sim, args.out)
+        print(f"wrote {summary.rows} rows for {len(summary.assets)} assets to {summary.path}")
+        faults_out = faults_out or args.out.with_name(args.out.stem + ".faults.json")
+    else:
+        servers = args.bootstrap_servers or os.environ.get(
+            "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"
+        )
+        count = asyncio.run(
+            produce(sim, servers, args.kafka_topic, rate=args.rate, batch_size=args.batch_size)
+        )
+        print(f"produced {count} readings for {len(sim.assets)} assets to {args.kafka_topic}")
+    if faults_out is not None:
+        write_faults(sim.faults, faults_out)
+        print(f"{len(sim.faults)} fault episodes (ground truth) in {faults_out}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train an autoencoder on normal data and export a model bundle",
+        description=(
+            "Train one global autoencoder on windows of normal data (all selected assets share "
+            "the model and the scaler; train separately with --assets for per-group models), "
+            "calibrate the alert threshold on held-out later data, and export a verified ONNX "
+            "bundle with its manifest and a training report."
+        ),
+    )
+    p.add_argument("--data", type=Path, required=True, help="CSV/Parquet file or directory")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    p.add_argument("--model", default="dense", choices=("dense", "conv"), help="model family")
+    p.add_argument("--window", type=int, default=32, help="readings per window (default 32)")
+    p.add_argument("--stride", type=int, default=1, help="training window stride (default 1)")
+    p.add_argument("--columns", type=csv_list, help="sensor columns to use, in order")
+    p.add_argument("--timestamp-column", default="timestamp", help="'' if the data has none")
+    p.add_argument("--asset-column", default="asset", help="'' if the data is one series")
+    p.add_argument("--label-column", default="label", help="rows with label 1 are left out")
+    p.add_argument("--interval", type=duration, help="sampling interval (default: inferred)")
+    p.add_argument("--assets", help="glob selecting assets, e.g. 'pump-*'")
+    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--threshold-quantile", type=float, default=0.99)
+    p.add_argument("--threshold-factor", type=float, default=1.5)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=6, help="early-stopping patience in epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--name", help="model name recorded in the manifest")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    try:
+        from training.calibrate import QuantileRule
+        from training.fit import FitConfig
+        from training.pipeline import TrainConfig, train_bundle
+    except ImportError as exc:
+        raise DependencyError(
+            f"'plantwatch train' needs the training extra ({exc.name} is missing): "
+            "pip install 'plantwatch[train]'"
+        ) from None
+    try:
+        rule = QuantileRule(q=args.threshold_quantile, factor=args.threshold_factor)
+    except ValueError as exc:
+        raise ConfigError(f"--threshold-quantile/--threshold-factor: {exc}") from None
+    if not 0.0 < args.validation_fraction < 1.0:
+        raise ConfigError("--validation-fraction must be between 0 and 1")
+    config = TrainConfig(
+        data=args.data,
+        out=args.out,
+        family=args.model,
+        window=args.window,
+        stride=args.stride,
+        columns=args.columns,
+        timestamp_column=args.timestamp_column or None,
+        asset_column=args.asset_column or None,
+        label_column=args.label_column,
+        interval_s=args.interval,
+        assets=args.assets,
+        validation_fraction=args.validation_fraction,
+        threshold=rule,
+        fit=FitConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            patience=args.patience,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.no_progress,
+        ),
+        name=args.name,
+    )
+    result = train_bundle(config)
+    m = result.bundle.manifest
+    print(f"bundle  {result.bundle.path}")
+    print(f"report  {result.report[-1]}")
+    print(
+        f"model   {m.model.name} {m.model.version}: threshold {m.threshold.value:.4g}, "
+        f"{m.validation.above_threshold:.2%} of validation windows above it"
+    )
+    return 0
+
+
+def _add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="verify a model bundle and print its manifest",
+        description="Verify a bundle (schema, ONNX hash) and print its manifest in human form.",
+    )
+    p.add_argument("bundle", type=Path, help="bundle directory")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(handler=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from monitor.bundle import describe, load_bundle
+
+    bundle = load_bundle(args.bundle)
+    if args.json:
+        print(json.dumps(bundle.manifest.model_dump(mode="json"), indent=2))
+    else:
+        print(describe(bundle))
+    return 0
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plantwatch",
+        description=(
+            "Streaming industrial anomaly monitor: simulate a plant, train autoencoders on "
+            "normal sensor data, and inspect the ONNX model bundles the monitor scores with."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"plantwatch {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    parser.add_argument("--log-format", default="text", choices=("text", "json"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_simulate, _add_train, _add_inspect):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except PlantwatchError as exc:
+        print(f"plantwatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"plantwatch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Window scoring with ONNX Runtime.
+
+The scorer is synchronous and thread-safe for concurrent :meth:`Scorer.score` calls (ONNX
+Runtime sessions are); the service calls it from a worker thread so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from monitor.bundle import INPUT_NAME, OUTPUT_SCORE, OUTPUT_SENSOR_ERROR, Bundle
+from monitor.errors import BundleError, DependencyError
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+logger = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Scores of a batch of windows."""
+
+    score: npt.NDArray[np.float32]  # [batch]
+    sensor_error: npt.NDArray[np.float32]  # [batch, n_features]
+
+
+def _import_onnxruntime() -> onnxruntime:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DependencyError(
+            "onnxruntime is not installed: pip install 'plantwatch[cpu]' (or '[gpu]' for CUDA)"
+        ) from None
+    return onnxruntime
+
+
+def choose_providers(device: Device, available: list[str]) -> list[str]:
+    """Execution providers for ``device`` given what this onnxruntime build offers.
+
+    ``cuda`` without a CUDA-capable build falls back to CPU with a warning rather than failing:
+    a monitor that scores slowly beats one that does not start.
+    """
+    if device == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if device == "cuda":
+        logger.warning(
+            "CUDA execution provider not available in this onnxruntime (%s); scoring on CPU",
+            ", ".join(available),
+        )
+    return [CPU]
+
+
+class Scorer:
+    """Scores raw windows ``[batch, length, n_features]`` with a verified bundle's graph."""
+
+    def __init__(self, bundle: Bundle, *, device: Device = "auto", threads: int = 0) -> None:
+        ort = _import_onnxruntime()
+        self.bundle = bundle
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = choose_providers(device, ort.get_available_providers())
+        try:
+            self._session = ort.InferenceSession(
+                str(bundle.onnx_path), sess_options=options, providers=providers
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped exceptions
+            raise BundleError(f"{bundle.onnx_path}: ONNX Runtime cannot load it ({exc})") from None
+        #: The provider actually used, after any fallback inside onnxruntime.
+        self.provider: str = self._session.get_providers()[0]
+        m = bundle.manifest
+        shape = self._session.get_inputs()[0].shape
+        if self._session.get_inputs()[0].name != INPUT_NAME or len(shape) != 3:
+            raise BundleError(f"{bundle.onnx_path}: graph input is not '{INPUT_NAME}' [b, t, f]")
+        if shape[1:] != [m.window.length, m.n_features]:
+            raise BundleError(
+                f"{bundle.onnx_path}: graph expects windows {shape[1:]}, manifest says "
+                f"[{m.window.length}, {m.n_features}]"
+            )
+        logger.info("scoring %s with %s", m.model.name, self.provider)
+
+    @property
+    def window_shape(self) -> tuple[int, int]:
+        m = self.bundle.manifest
+        return m.window.length, m.n_features
+
+    def score(self, windows: npt.NDArray[np.float32]) -> Scores:
+        """Score a batch of raw windows (feature order as in the manifest)."""
+        if windows.ndim != 3 or windows.shape[1:] != self.window_shape:
+            raise ValueError(f"windows of shape {windows.shape}, expected [b, {self.window_shape}]")
+        feed = {INPUT_NAME: np.ascontiguousarray(windows, dtype=np.float32)}
+        score, sensor_error = self._session.run([OUTPUT_SCORE, OUTPUT_SENSOR_ERROR], feed)
+        return Scores(score=score, sensor_error=sensor_error)

@@ -1,0 +1,49 @@
+"""Fixtures shared by unit and integration tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SENSORS = ("a", "b", "c")
+
+
+def sine_frame(rows: int, seed: int = 0, start: str = "2026-01-01") -> pd.DataFrame:
+    """Three correlated noisy sinusoids at 1 s: learnable normal data for small bundles."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(rows, dtype=np.float64)
+    base = np.sin(2 * np.pi * t / 50.0)
+    return pd.DataFrame(
+        {
+            "timestamp": pd.date_range(start, periods=rows, freq="s", tz="UTC"),
+            "asset": "unit-1",
+            "a": base + 0.05 * rng.standard_normal(rows),
+            "b": 2.0 * base + 10.0 + 0.05 * rng.standard_normal(rows),
+            "c": np.cos(2 * np.pi * t / 50.0) + 0.05 * rng.standard_normal(rows),
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bundle trained for a few epochs on sine data (window 16, 3 sensors)."""
+    from training.fit import FitConfig
+    from training.pipeline import TrainConfig, train_bundle
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = root / "normal.csv"
+    sine_frame(3000).to_csv(data, index=False)
+    config = TrainConfig(
+        data=data,
+        out=root / "bundle",
+        family="dense",
+        window=16,
+        stride=2,
+        hyperparameters={"hidden": (32, 8)},
+        fit=FitConfig(epochs=8, patience=3, progress=False),
+        name="tiny",
+    )
+    return train_bundle(config).bundle.path

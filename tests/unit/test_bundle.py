@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.bundle import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    Manifest,
+    check_features,
+    describe,
+    load_bundle,
+    write_manifest,
+)
+from monitor.errors import BundleError
+from monitor.scoring import CPU, CUDA, Scorer, choose_providers
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, target)
+    return target
+
+
+def _edit_manifest(bundle: Path, **changes: object) -> None:
+    path = bundle / MANIFEST_FILE
+    doc = json.loads(path.read_text())
+    doc.update(changes)
+    path.write_text(json.dumps(doc))
+
+
+def test_manifest_round_trip(tiny_bundle: Path, tmp_path: Path) -> None:
+    manifest = load_bundle(tiny_bundle).manifest
+    write_manifest(tmp_path, manifest)
+    again = Manifest.model_validate_json((tmp_path / MANIFEST_FILE).read_text())
+    assert again == manifest
+    assert manifest.features == ("a", "b", "c")
+    assert manifest.window.length == 16
+    assert manifest.training_data.rows == 3000
+    assert len(manifest.training_data.sha256) == 64
+    assert {"torch", "onnxruntime", "plantwatch"} <= set(manifest.versions)
+    assert manifest.validation.quantiles["0.99"] * 1.5 == pytest.approx(manifest.threshold.value)
+
+
+def test_loader_refuses_tampered_onnx(bundle_copy: Path) -> None:
+    onnx = bundle_copy / MODEL_FILE
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"sha256 .* does not match the manifest") as info:
+        load_bundle(bundle_copy)
+    assert "\n" not in str(info.value)
+
+
+def test_loader_refuses_mismatched_feature_list(tiny_bundle: Path) -> None:
+    with pytest.raises(BundleError, match=r"missing c; unexpected d"):
+        load_bundle(tiny_bundle, expected_features=["a", "b", "d"])
+    with pytest.raises(BundleError, match="different order"):
+        load_bundle(tiny_bundle, expected_features=["b", "a", "c"])
+    assert load_bundle(tiny_bundle, expected_features=["a", "b", "c"]).manifest.n_features == 3
+
+
+def test_loader_refuses_other_schema_version(bundle_copy: Path) -> None:
+    _edit_manifest(bundle_copy, schema_version=99)
+    with pytest.raises(BundleError, match="schema_version 99 is not supported"):
+        load_bundle(bundle_copy)
+
+
+def test_loader_names_the_invalid_field(bundle_copy: Path) -> None:
+    _edit_manifest(bundle_copy, features=["a", "a", "c"])
+    with pytest.raises(BundleError, match="duplicates"):
+        load_bundle(bundle_copy)
+    _edit_manifest(bundle_copy, features=["a", "b", "c"], window={"length": 1, "stride": 1})
+    with pytest.raises(BundleError, match=r"invalid window\.length"):
+        load_bundle(bundle_copy)
+
+
+def test_loader_refuses_missing_pieces(bundle_copy: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="not a model bundle"):
+        load_bundle(tmp_path / "nothing")
+    (bundle_copy / MODEL_FILE).unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(bundle_copy)
+    (bundle_copy / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(BundleError, match="unreadable manifest"):
+        load_bundle(bundle_copy)
+
+
+def test_check_features_accepts_exact_order(tiny_bundle: Path) -> None:
+    check_features(load_bundle(tiny_bundle).manifest, ("a", "b", "c"), where="x")
+
+
+def test_scorer_scores_batches_of_any_size(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    scorer = Scorer(bundle, device="cpu")
+    assert scorer.provider == CPU
+    rng = np.random.default_rng(0)
+    for batch in (1, 7, 300):
+        windows = rng.standard_normal((batch, 16, 3)).astype(np.float32)
+        out = scorer.score(windows)
+        assert out.score.shape == (batch,)
+        assert out.sensor_error.shape == (batch, 3)
+        np.testing.assert_allclose(out.sensor_error.mean(axis=1), out.score, rtol=1e-5)
+    with pytest.raises(ValueError, match="expected"):
+        scorer.score(np.zeros((2, 15, 3), dtype=np.float32))
+
+
+def test_provider_choice_falls_back_to_cpu(caplog: pytest.LogCaptureFixture) -> None:
+    assert choose_providers("cpu", [CUDA, CPU]) == [CPU]
+    assert choose_providers("auto", [CUDA, CPU]) == [CUDA, CPU]
+    assert choose_providers("auto", [CPU]) == [CPU]
+    assert choose_providers("cuda", [CPU]) == [CPU]
+    assert "scoring on CPU" in caplog.text
+
+
+def test_describe_mentions_the_essentials(tiny_bundle: Path) -> None:
+    text = describe(load_bundle(tiny_bundle))
+    for needle in ("tiny", "threshold", "sha256=", "length=16", "quantile", "a ", "b ", "c "):
+        assert needle in text

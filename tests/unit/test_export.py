@@ -1,0 +1,80 @@
+"""ONNX export: the graph carries the preprocessing and matches torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from monitor.bundle import load_bundle
+from monitor.errors import BundleError
+from monitor.scoring import Scorer
+from training.export import ScoringGraph, check_parity, export_onnx, score_windows
+from training.models import build_model
+from training.windows import StandardScaler
+
+
+@pytest.fixture(scope="module")
+def conv_graph() -> ScoringGraph:
+    torch.manual_seed(0)
+    model = build_model("conv", 32, 4).eval()
+    scaler = StandardScaler(
+        mean=np.array([1.0, -2.0, 10.0, 0.0]), scale=np.array([2.0, 0.5, 3.0, 1.0])
+    )
+    return ScoringGraph(model, scaler)
+
+
+def test_graph_normalises_inside(conv_graph: ScoringGraph) -> None:
+    rng = np.random.default_rng(1)
+    raw = rng.standard_normal((5, 32, 4)).astype(np.float32) * 3 + 10
+    score, err = score_windows(conv_graph, raw)
+    z = (raw - np.array([1.0, -2.0, 10.0, 0.0])) / np.array([2.0, 0.5, 3.0, 1.0])
+    with torch.no_grad():
+        recon = conv_graph.autoencoder(torch.from_numpy(z.astype(np.float32))).numpy()
+    want = ((recon - z) ** 2).mean(axis=1)
+    np.testing.assert_allclose(err, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(score, want.mean(axis=1), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["dense", "conv"])
+def test_onnx_matches_torch_with_dynamic_batch(family: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    scaler = StandardScaler(mean=np.zeros(4), scale=np.ones(4))
+    graph = ScoringGraph(build_model(family, 32, 4).eval(), scaler)
+    path = tmp_path / "m.onnx"
+    export_onnx(graph, path, 32, 4)
+    windows = np.random.default_rng(2).standard_normal((257, 32, 4)).astype(np.float32)
+    assert check_parity(path, graph, windows) < 1e-4
+    assert check_parity(path, graph, windows[:1]) < 1e-4
+
+
+def test_parity_check_refuses_a_graph_that_drifted(
+    conv_graph: ScoringGraph, tmp_path: Path
+) -> None:
+    path = tmp_path / "m.onnx"
+    export_onnx(conv_graph, path, 32, 4)
+    windows = np.random.default_rng(3).standard_normal((64, 32, 4)).astype(np.float32)
+    with torch.no_grad():
+        conv_graph.autoencoder.decoder[-1].bias.add_(0.5)  # type: ignore[operator]
+    try:
+        with pytest.raises(BundleError, match="differs from torch"):
+            check_parity(path, conv_graph, windows)
+    finally:
+        with torch.no_grad():
+            conv_graph.autoencoder.decoder[-1].bias.sub_(0.5)  # type: ignore[operator]
+
+
+def test_bundle_onnx_matches_recorded_validation(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    m = bundle.manifest
+    assert m.onnx.parity_max_abs_diff < 1e-4
+    assert m.onnx.opset >= 17
+    # Scores of the training data's own windows sit in the calibrated range.
+    frame = pd.read_csv(tiny_bundle.parent / "normal.csv")
+    values = frame[list(m.features)].to_numpy(np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(values, 16, axis=0).transpose(0, 2, 1)
+    scores = Scorer(bundle, device="cpu").score(np.ascontiguousarray(windows[-500:])).score
+    assert np.mean(scores < m.threshold.value) > 0.95

@@ -1,0 +1,119 @@
+"""Export a trained autoencoder as the bundle's self-contained ONNX scoring graph."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from monitor.bundle import INPUT_NAME, OUTPUT_SCORE, OUTPUT_SENSOR_ERROR
+from monitor.errors import BundleError
+from training.windows import StandardScaler
+
+logger = logging.getLogger(__name__)
+
+OPSET = 18
+
+
+class ScoringGraph(nn.Module):
+    """Raw window in, ``(score, sensor_error)`` out: the scaler and the error maths included.
+
+    ``sensor_error[b, f]`` is the mean squared reconstruction error of sensor ``f`` over the
+    window in normalised units; ``score[b]`` is its mean over sensors, so each sensor's share
+    of the score is ``sensor_error / (n_features * score)``.
+    """
+
+    def __init__(self, autoencoder: nn.Module, scaler: StandardScaler) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.mean: torch.Tensor
+        self.inv_scale: torch.Tensor
+        self.register_buffer("mean", torch.tensor(scaler.mean, dtype=torch.float32))
+        self.register_buffer("inv_scale", torch.tensor(1.0 / scaler.scale, dtype=torch.float32))
+
+    def forward(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = (window - self.mean) * self.inv_scale
+        error = (self.autoencoder(z) - z) ** 2
+        sensor_error = error.mean(dim=1)
+        return sensor_error.mean(dim=1), sensor_error
+
+
+@torch.no_grad()
+def score_windows(
+    graph: ScoringGraph, windows: npt.NDArray[np.float32], batch_size: int = 4096
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Score raw windows with the torch graph (used for calibration and parity)."""
+    graph.eval()
+    scores, errors = [], []
+    for start in range(0, len(windows), batch_size):
+        s, e = graph(torch.from_numpy(np.ascontiguousarray(windows[start : start + batch_size])))
+        scores.append(s.numpy())
+        errors.append(e.numpy())
+    return np.concatenate(scores), np.concatenate(errors)
+
+
+def export_onnx(graph: ScoringGraph, path: Path, length: int, n_features: int) -> None:
+    """Write ``graph`` to ``path`` with a dynamic batch axis and opset :data:`OPSET`."""
+    graph.eval()
+    example = torch.zeros(2, length, n_features)
+    batch = torch.export.Dim("batch", min=1)
+    # The exporter narrates its progress on stdout and warns about its own internals.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_SCORE, OUTPUT_SENSOR_ERROR],
+            opset_version=OPSET,
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    if program is None:
+        raise BundleError("torch.onnx.export returned no program")
+    program.save(str(path), external_data=False)
+
+
+def check_parity(
+    onnx_path: Path,
+    graph: ScoringGraph,
+    windows: npt.NDArray[np.float32],
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> float:
+    """Compare ONNX Runtime with torch on real windows; return the max absolute difference.
+
+    Raises :class:`BundleError` if any output differs by more than ``atol + rtol * |torch|``.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    want_score, want_error = score_windows(graph, windows)
+    got_score, got_error = session.run(
+        [OUTPUT_SCORE, OUTPUT_SENSOR_ERROR], {INPUT_NAME: np.ascontiguousarray(windows)}
+    )
+    worst = 0.0
+    for name, want, got in (
+        ("score", want_score, got_score),
+        ("sensor_error", want_error, got_error),
+    ):
+        diff = np.abs(got - want)
+        worst = max(worst, float(diff.max(initial=0.0)))
+        limit = atol + rtol * np.abs(want)
+        if np.any(diff > limit):
+            raise BundleError(
+                f"{onnx_path}: ONNX Runtime {name} differs from torch by up to "
+                f"{float(diff.max()):.3g} (tolerance {atol:g} + {rtol:g}·|value|); export refused"
+            )
+    logger.info("onnx parity on %d windows: max abs diff %.3g", len(windows), worst)
+    return worst

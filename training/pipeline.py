@@ -1,0 +1,227 @@
+"""``plantwatch train``: data → windows → autoencoder → threshold → verified ONNX bundle."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime
+import torch
+
+import monitor
+from monitor.bundle import (
+    MODEL_FILE,
+    SCHEMA_VERSION,
+    Bundle,
+    Manifest,
+    ModelSpec,
+    OnnxSpec,
+    ScalerSpec,
+    TrainingData,
+    WindowSpec,
+    load_bundle,
+    sha256_file,
+    write_manifest,
+)
+from monitor.errors import ConfigError, DataError
+from training.calibrate import QuantileRule, summarize
+from training.data import Dataset, load_training_data
+from training.export import OPSET, ScoringGraph, check_parity, export_onnx, score_windows
+from training.fit import FitConfig, fit
+from training.models import build_model
+from training.report import write_report
+from training.windows import StandardScaler, time_split, windows_from_segments
+
+logger = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+#: Validation windows used for the ONNX parity check (all of them would only cost time).
+PARITY_WINDOWS = 2048
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: Path
+    out: Path
+    family: str = "dense"
+    window: int = 32
+    stride: int = 1
+    columns: tuple[str, ...] | None = None
+    timestamp_column: str | None = "timestamp"
+    asset_column: str | None = "asset"
+    label_column: str = "label"
+    interval_s: float | None = None
+    assets: str | None = None
+    validation_fraction: float = 0.2
+    threshold: QuantileRule = field(default_factory=QuantileRule)
+    fit: FitConfig = field(default_factory=FitConfig)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    #: Cap on training windows (an even subsample beyond it) to bound time and memory.
+    max_train_windows: int = 100_000
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    bundle: Bundle
+    report: list[Path]
+
+
+def train_bundle(config: TrainConfig) -> TrainResult:
+    """Train on normal data and write a verified bundle to ``config.out``."""
+    if config.window < 2:
+        raise ConfigError(f"--window must be at least 2, got {config.window}")
+    if config.stride < 1:
+        raise ConfigError(f"--stride must be at least 1, got {config.stride}")
+    dataset = load_training_data(
+        config.data,
+        columns=config.columns,
+        timestamp_column=config.timestamp_column,
+        asset_column=config.asset_column,
+        label_column=config.label_column,
+        interval_s=config.interval_s,
+        min_rows=config.window,
+        assets=config.assets,
+    )
+    features = dataset.features
+    train_segs, val_segs = time_split(dataset.segments, config.validation_fraction)
+    train_raw = _subsample(
+        windows_from_segments(train_segs, config.window, config.stride), config.max_train_windows
+    )
+    # Validation windows at stride 1: the service scores every reading, so calibrate on that.
+    val_raw = windows_from_segments(val_segs, config.window, 1)
+    for what, arr in (("training", train_raw), ("validation", val_raw)):
+        if len(arr) < 16:
+            raise DataError(
+                f"{config.data}: only {len(arr)} {what} windows of {config.window} readings; "
+                f"need more normal data or a shorter --window"
+            )
+    scaler = StandardScaler.fit(train_segs, features)
+    logger.info(
+        "%d features, %d training windows, %d validation windows",
+        len(features),
+        len(train_raw),
+        len(val_raw),
+    )
+
+    model = build_model(config.family, config.window, len(features), **config.hyperparameters)
+    result = fit(model, scaler.transform(train_raw), scaler.transform(val_raw), config.fit)
+    graph = ScoringGraph(result.model, scaler)
+    val_scores, _ = score_windows(graph, val_raw)
+    threshold = config.threshold.calibrate(val_scores)
+
+    out = config.out
+    staging = _staging_dir(out)
+    try:
+        onnx_path = staging / MODEL_FILE
+        export_onnx(graph, onnx_path, config.window, len(features))
+        parity = check_parity(onnx_path, graph, val_raw[_spread(len(val_raw), PARITY_WINDOWS)])
+        manifest = _manifest(config, dataset, scaler, threshold, val_scores, onnx_path, parity)
+        write_manifest(staging, manifest)
+        report = write_report(
+            staging / REPORT_DIR,
+            manifest,
+            train_loss=result.train_loss,
+            val_loss=result.val_loss,
+            best_epoch=result.best_epoch,
+            val_scores=val_scores,
+        )
+        _swap_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    bundle = load_bundle(out, expected_features=features)
+    return TrainResult(bundle=bundle, report=[out / REPORT_DIR / p.name for p in report])
+
+
+def _manifest(
+    config: TrainConfig,
+    dataset: Dataset,
+    scaler: StandardScaler,
+    threshold: Any,
+    val_scores: npt.NDArray[np.float32],
+    onnx_path: Path,
+    parity: float,
+) -> Manifest:
+    now = dt.datetime.now(dt.UTC)
+    fp = dataset.fingerprint
+    hyper = {
+        **config.hyperparameters,
+        "epochs_max": config.fit.epochs,
+        "batch_size": config.fit.batch_size,
+        "learning_rate": config.fit.learning_rate,
+        "patience": config.fit.patience,
+        "seed": config.fit.seed,
+        "validation_fraction": config.validation_fraction,
+    }
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        model=ModelSpec(
+            name=config.name or f"{Path(config.data).stem}-{config.family}",
+            version=now.strftime("%Y%m%dT%H%M%SZ"),
+            family=config.family,
+            hyperparameters=hyper,
+        ),
+        features=dataset.features,
+        window=WindowSpec(length=config.window, stride=config.stride),
+        sampling_interval_s=dataset.sampling_interval_s,
+        scaler=ScalerSpec(mean=tuple(scaler.mean.tolist()), scale=tuple(scaler.scale.tolist())),
+        threshold=threshold,
+        validation=summarize(val_scores, threshold.value),
+        training_data=TrainingData(
+            sha256=fp.sha256,
+            rows=fp.rows,
+            start=fp.start,
+            end=fp.end,
+            files=fp.files,
+            assets=tuple(sorted({s.asset for s in dataset.segments})),
+        ),
+        onnx=OnnxSpec(
+            file=MODEL_FILE, sha256=sha256_file(onnx_path), opset=OPSET, parity_max_abs_diff=parity
+        ),
+        created=now.isoformat(timespec="seconds"),
+        versions={
+            "plantwatch": monitor.__version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__,
+        },
+    )
+
+
+def _spread(n: int, k: int) -> npt.NDArray[np.intp]:
+    """Up to ``k`` indices spread evenly over ``range(n)`` (deterministic subsample)."""
+    return np.unique(np.linspace(0, n - 1, num=min(n, k)).astype(np.intp))
+
+
+def _subsample(windows: npt.NDArray[np.float32], cap: int) -> npt.NDArray[np.float32]:
+    return windows if len(windows) <= cap else windows[_spread(len(windows), cap)]
+
+
+def _staging_dir(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise ConfigError(f"--out {out} is a non-empty directory that is not a model bundle")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Replace ``out`` with the finished bundle so no reader sees a half-written one."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)

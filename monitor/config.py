@@ -1,0 +1,224 @@
+"""Service configuration: a YAML file plus environment overrides, validated once at start.
+
+Every setting can come from the environment as ``PLANTWATCH_<SECTION>__<FIELD>`` (for example
+``PLANTWATCH_KAFKA__BOOTSTRAP_SERVERS``); ``KAFKA_BOOTSTRAP_SERVERS`` is honoured too. Precedence:
+environment over file over defaults. An invalid value stops the service with one line naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from monitor.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Connection and security settings, passed through to aiokafka."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "plantwatch"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    request_timeout_ms: int = Field(default=30_000, ge=1_000)
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                "sasl_username and sasl_password"
+            )
+        return self
+
+
+class InputSettings(_Section):
+    topics: tuple[str, ...] = ("plantwatch.readings",)
+    group_id: str = "plantwatch"
+    format: Literal["auto", "json", "binary"] = "auto"
+    #: fnmatch patterns of accepted asset ids; empty accepts any.
+    asset_patterns: tuple[str, ...] = ()
+    allow_extra_sensors: bool = False
+    max_message_bytes: int = Field(default=1_048_576, ge=64)
+    max_batch_readings: int = Field(default=10_000, ge=1)
+    dead_letter_topic: str = "plantwatch.dead-letter"
+    #: Records per ``getmany`` call and how long it waits for them.
+    fetch_max_records: int = Field(default=5_000, ge=1)
+    fetch_timeout_ms: int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _topics(self) -> InputSettings:
+        if not self.topics:
+            raise ValueError("at least one topic is needed")
+        return self
+
+
+class ModelSettings(_Section):
+    #: A bundle directory. With ``reload: watch`` a new bundle written there is picked up.
+    path: Path
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0: auto)")
+    reload: Literal["watch", "sighup", "off"] = "watch"
+    reload_poll_s: float = Field(default=2.0, gt=0)
+
+
+class WindowSettings(_Section):
+    stride: int = Field(default=1, ge=1, description="score every N-th reading of an asset")
+    max_gap_steps: int = Field(default=3, ge=0)
+    max_assets: int = Field(default=100_000, ge=1)
+    overflow: Literal["reject", "evict_idle"] = "reject"
+
+
+class DetectorSettings(_Section):
+    k: int = Field(default=3, ge=1)
+    n: int = Field(default=5, ge=1, le=64)
+    m: int = Field(default=10, ge=1)
+    hysteresis: float = Field(default=0.8, gt=0, le=1)
+    cooldown_s: float = Field(default=0.0, ge=0)
+    update_factor: float = Field(default=1.25, gt=1)
+    severity_bands: tuple[float, float] = (2.0, 4.0)
+    top_k: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _k_of_n(self) -> DetectorSettings:
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must not exceed n ({self.n})")
+        return self
+
+
+class AlertSettings(_Section):
+    topic: str = "plantwatch.alerts"
+
+
+class WebhookSettings(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: str = Field(pattern=r"^https?://")
+    format: Literal["json", "alertmanager"] = "json"
+    secret: SecretStr | None = None
+    timeout_s: float = Field(default=5.0, gt=0)
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+
+
+class DeliverySettings(_Section):
+    #: Run the webhook delivery consumer inside ``serve`` (else run ``plantwatch notify``).
+    enabled: bool = True
+    group_id: str = "plantwatch-notify"
+    webhooks: tuple[WebhookSettings, ...] = ()
+    max_attempts: int = Field(default=8, ge=1)
+    initial_backoff_s: float = Field(default=0.5, gt=0)
+    max_backoff_s: float = Field(default=30.0, gt=0)
+    dead_letter_topic: str = "plantwatch.delivery-dead-letter"
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9308, ge=0, le=65535)
+
+
+class MetricsSettings(_Section):
+    #: Assets that get their own ``asset`` label on per-asset gauges; the rest are not exported
+    #: per asset (bounded label cardinality).
+    max_asset_labels: int = Field(default=1_000, ge=0)
+
+
+class Settings(_Section):
+    """All of ``plantwatch serve``'s settings."""
+
+    kafka: KafkaSettings = KafkaSettings()
+    input: InputSettings = InputSettings()
+    model: ModelSettings
+    windows: WindowSettings = WindowSettings()
+    detector: DetectorSettings = DetectorSettings()
+    alerts: AlertSettings = AlertSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    http: HttpSettings = HttpSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    shutdown_deadline_s: float = Field(default=30.0, gt=0)
+
+
+ENV_PREFIX = "PLANTWATCH_"
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Nested settings from ``PLANTWATCH_SECTION__FIELD=value`` variables.
+
+    Values that look like JSON lists or objects (``[...]``, ``{...}``) are parsed as JSON, so
+    ``PLANTWATCH_INPUT__TOPICS='["a","b"]'`` works; everything else stays a string for the model
+    to coerce.
+    """
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "PLANTWATCH_CONFIG":
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        value: Any = raw
+        if raw[:1] in "[{":
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                raise ConfigError(f"environment {name}: not valid JSON") from None
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment {name}: conflicts with another variable")
+        node[path[-1]] = value
+    if "KAFKA_BOOTSTRAP_SERVERS" in environ:
+        out.setdefault("kafka", {}).setdefault(
+            "bootstrap_servers", environ["KAFKA_BOOTSTRAP_SERVERS"]
+        )
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (YAML) and the environment; raise :class:`ConfigError` in one line."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    where = str(path) if path else "configuration"
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}:" if mark else ""
+            raise ConfigError(f"{path}:{line} invalid YAML") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        data = loaded or {}
+    data = _merge(data, env_overrides(env))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"{where}: {field}: {first['msg']}") from None

@@ -1,0 +1,170 @@
+"""Every Prometheus metric plantwatch exports, defined once against an injected registry.
+
+Names carry units, counters end in ``_total`` and every label takes values from a bounded set:
+enums, configured endpoint names, topic partitions, and at most ``max_asset_labels`` asset ids
+(assets beyond that are left out of per-asset series and counted instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+PREFIX = "plantwatch"
+
+#: Powers of two up to the largest ``getmany`` batch a service typically scores at once.
+BATCH_BUCKETS = tuple(float(2**i) for i in range(15))
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+E2E_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The service's metrics. One instance per process (or per test, on a fresh registry)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        max_asset_labels: int = 1_000,
+        process: bool = True,
+    ) -> None:
+        self.registry = registry
+        self.max_asset_labels = max_asset_labels
+        self._labelled_assets: set[str] = set()
+        self._unlabelled_assets: set[str] = set()
+        p = PREFIX
+        r = registry
+        self.readings = Counter(
+            f"{p}_readings_total",
+            "Readings consumed, by result (ok, invalid, late, duplicate, asset_limit).",
+            ["result"],
+            registry=r,
+        )
+        self.messages = Counter(
+            f"{p}_messages_total", "Kafka messages consumed, by topic.", ["topic"], registry=r
+        )
+        self.dead_letters = Counter(
+            f"{p}_dead_letter_total",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.data_quality = Counter(
+            f"{p}_data_quality_events_total",
+            "Data-quality events: gaps carried forward, windows reset by long gaps.",
+            ["kind"],
+            registry=r,
+        )
+        self.windows_scored = Counter(
+            f"{p}_windows_scored_total", "Windows scored by the model.", registry=r
+        )
+        self.scoring_batch_size = Histogram(
+            f"{p}_scoring_batch_size",
+            "Windows per ONNX Runtime call.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.scoring_latency = Histogram(
+            f"{p}_scoring_latency_seconds",
+            "Duration of one ONNX Runtime scoring call.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            f"{p}_end_to_end_latency_seconds",
+            "From a reading's timestamp to its window being scored.",
+            buckets=E2E_BUCKETS,
+            registry=r,
+        )
+        self.anomaly_score = Gauge(
+            f"{p}_anomaly_score",
+            "Latest window score per asset (first max_asset_labels assets only).",
+            ["asset"],
+            registry=r,
+        )
+        self.asset_labels_dropped = Gauge(
+            f"{p}_asset_labels_dropped",
+            "Assets left out of per-asset series because of the label cap.",
+            registry=r,
+        )
+        self.threshold = Gauge(
+            f"{p}_anomaly_threshold", "Alert threshold of the loaded model.", registry=r
+        )
+        self.tracked_assets = Gauge(
+            f"{p}_tracked_assets", "Assets with a window in memory.", registry=r
+        )
+        self.open_alerts = Gauge(f"{p}_open_alerts", "Alerts currently open.", registry=r)
+        self.alert_events = Counter(
+            f"{p}_alert_events_total",
+            "Alert events produced, by event type and severity.",
+            ["event", "severity"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            f"{p}_webhook_deliveries_total",
+            "Webhook delivery attempts, by endpoint and result.",
+            ["endpoint", "result"],
+            registry=r,
+        )
+        self.webhook_latency = Histogram(
+            f"{p}_webhook_delivery_seconds",
+            "Duration of one webhook delivery attempt.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            f"{p}_consumer_lag_records",
+            "Records between the consumer's position and the partition's end.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            f"{p}_model_info",
+            "The loaded model (value 1) with its name, version, sha256 and execution provider.",
+            ["name", "version", "sha256", "provider"],
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            f"{p}_model_reloads_total",
+            "Model reload attempts, by result (ok, invalid).",
+            ["result"],
+            registry=r,
+        )
+        self.ready = Gauge(f"{p}_ready", "1 when /readyz reports ready.", registry=r)
+        if process:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+
+    def set_asset_score(self, asset: str, score: float) -> None:
+        """Update an asset's score gauge, within the label cap."""
+        if asset not in self._labelled_assets:
+            if asset in self._unlabelled_assets:
+                return
+            if len(self._labelled_assets) >= self.max_asset_labels:
+                self._unlabelled_assets.add(asset)
+                self.asset_labels_dropped.set(len(self._unlabelled_assets))
+                return
+            self._labelled_assets.add(asset)
+        self.anomaly_score.labels(asset).set(score)
+
+    def forget_assets(self, assets: Iterable[str]) -> None:
+        """Drop per-asset series of assets this instance no longer owns (after a rebalance)."""
+        for asset in assets:
+            if asset in self._labelled_assets:
+                self._labelled_assets.discard(asset)
+                self.anomaly_score.remove(asset)
+            self._unlabelled_assets.discard(asset)
+        self.asset_labels_dropped.set(len(self._unlabelled_assets))
+
+    def set_model(self, name: str, version: str, sha256: str, provider: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name, version, sha256, provider).set(1)

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.config import env_overrides, load_settings
+from monitor.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "plantwatch.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_file_defaults_and_env_precedence(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+model: {path: /models/pumps}
+input: {topics: [a, b], group_id: g1}
+detector: {k: 2, n: 4}
+delivery:
+  webhooks:
+    - {name: ops, url: "http://127.0.0.1:9000/hook", secret: s3cret}
+""",
+    )
+    env = {
+        "PLANTWATCH_INPUT__GROUP_ID": "g2",
+        "PLANTWATCH_DETECTOR__K": "3",
+        "KAFKA_BOOTSTRAP_SERVERS": "10.0.0.1:9092",
+        "UNRELATED": "x",
+    }
+    s = load_settings(path, env)
+    assert s.input.topics == ("a", "b")
+    assert s.input.group_id == "g2"
+    assert s.detector.k == 3
+    assert s.kafka.bootstrap_servers == "10.0.0.1:9092"
+    assert s.model.path == Path("/models/pumps")
+    assert s.windows.stride == 1
+    hook = s.delivery.webhooks[0]
+    assert hook.secret is not None
+    assert hook.secret.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(s)
+    with pytest.raises(ValueError, match="frozen"):
+        s.input.group_id = "other"  # type: ignore[misc]
+
+
+def test_plantwatch_variable_beats_plain_kafka_variable(tmp_path: Path) -> None:
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": "a:1",
+        "PLANTWATCH_KAFKA__BOOTSTRAP_SERVERS": "b:2",
+        "PLANTWATCH_MODEL__PATH": "/m",
+    }
+    assert load_settings(None, env).kafka.bootstrap_servers == "b:2"
+
+
+def test_env_json_values() -> None:
+    assert env_overrides({"PLANTWATCH_INPUT__TOPICS": '["x","y"]'}) == {
+        "input": {"topics": ["x", "y"]}
+    }
+    with pytest.raises(ConfigError, match="PLANTWATCH_INPUT__TOPICS: not valid JSON"):
+        env_overrides({"PLANTWATCH_INPUT__TOPICS": "[x"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model: {path: /m}\ndetector: {k: 6, n: 5}", r"detector: Value error, k \(6\) must not"),
+        ("model: {path: /m}\ndetector: {k: 0}", r"detector\.k: Input should be greater"),
+        ("model: {path: /m}\nwindows: {overflow: drop}", r"windows\.overflow: Input should be"),
+        ("model: {path: /m}\nbogus: 1", r"bogus: Extra inputs are not permitted"),
+        ("input: {topics: [a]}", r"model: Field required"),
+        ("model: {path: /m}\nkafka: {security_protocol: SASL_SSL}", r"needs sasl_mechanism"),
+        ("model: [unclosed", r"line 1: invalid YAML"),
+        ("- a\n- b", "expected a mapping"),
+    ],
+)
+def test_invalid_config_is_one_line_naming_the_setting(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(path, {})
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith(str(path))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "nope.yaml", {})

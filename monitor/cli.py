@@ -67,10 +67,6 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # The ONNX exporter narrates every optimiser pass and warns that torchvision (which
-    # plantwatch does not use) is absent; keep its errors only.
-    for chatty in ("onnxscript", "onnx_ir", "torch.onnx"):
-        logging.getLogger(chatty).setLevel(max(logging.ERROR, root.level))
 
 
 # --- subcommands -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +65,9 @@ def export_onnx(graph: ScoringGraph, path: Path, length: int, n_features: int) -
     graph.eval()
     example = torch.zeros(2, length, n_features)
     batch = torch.export.Dim("batch", min=1)
-    # The exporter narrates its progress on stdout and warns about its own internals.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    # The exporter narrates its progress on stdout and in its loggers, and warns about its own
+    # internals (and that torchvision, which plantwatch does not use, is absent).
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             graph,
@@ -81,6 +83,21 @@ def export_onnx(graph: ScoringGraph, path: Path, length: int, n_features: int) -
     if program is None:
         raise BundleError("torch.onnx.export returned no program")
     program.save(str(path), external_data=False)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(
+    names: tuple[str, ...] = ("torch.onnx", "onnxscript", "onnx_ir"),
+) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def check_parity(

@@ -14,10 +14,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor import __version__
 from monitor.errors import ConfigError, DependencyError, PlantwatchError
+
+if TYPE_CHECKING:
+    from monitor.config import Settings
 
 logger = logging.getLogger("plantwatch")
 
@@ -269,6 +272,133 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the monitor: score Kafka readings, raise alerts, expose metrics",
+        description=(
+            "Consume readings from Kafka, score each asset's sliding windows with the model "
+            "bundle, produce alert events to the alerts topic (and deliver them to webhooks), "
+            "and serve /metrics, /healthz and /readyz. Settings come from --config (YAML) and "
+            "PLANTWATCH_<SECTION>__<FIELD> environment variables. SIGTERM/SIGINT stop "
+            "gracefully (a second signal exits at once); SIGHUP reloads the model."
+        ),
+    )
+    p.add_argument("--config", type=Path, help="YAML settings file (default: $PLANTWATCH_CONFIG)")
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    return asyncio.run(_serve(_settings_from(args)))
+
+
+async def _serve(settings: Settings) -> int:
+    import asyncio
+    import signal
+
+    from monitor.service import Service
+
+    service = Service(settings)
+    _install_signals(service.request_stop, settings.shutdown_deadline_s)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, service.models.request_reload)
+    try:
+        await service.start()
+        await service.run()
+    finally:
+        await service.stop()
+    logger.info("stopped cleanly")
+    return 0
+
+
+def _add_notify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "notify",
+        help="deliver alert events from the alerts topic to webhooks (alone, without serve)",
+        description=(
+            "Consume the alerts topic and deliver every event to the configured webhooks "
+            "(generic JSON or Alertmanager), with retries, HMAC signatures and idempotency keys; "
+            "events that cannot be delivered are parked on the delivery dead-letter topic. "
+            "Use it when serve runs with delivery.enabled: false. Same settings as serve."
+        ),
+    )
+    p.add_argument("--config", type=Path, help="YAML settings file (default: $PLANTWATCH_CONFIG)")
+    p.set_defaults(handler=_run_notify)
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    import os
+
+    from monitor.config import load_settings
+
+    path = args.config
+    if path is None and os.environ.get("PLANTWATCH_CONFIG"):
+        path = Path(os.environ["PLANTWATCH_CONFIG"])
+    return load_settings(path)
+
+
+def _run_notify(args: argparse.Namespace) -> int:
+    import asyncio
+
+    return asyncio.run(_notify(_settings_from(args)))
+
+
+async def _notify(settings: Settings) -> int:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from monitor.http import OpsServer
+    from monitor.metrics import Metrics
+    from monitor.notify import Notifier
+
+    if not settings.delivery.webhooks:
+        raise ConfigError("delivery.webhooks: no webhook endpoints configured")
+    registry = CollectorRegistry()
+    stop = asyncio.Event()
+    _install_signals(stop.set, settings.shutdown_deadline_s)
+    async with (
+        OpsServer(
+            registry,
+            host=settings.http.host,
+            port=settings.http.port,
+            readiness=lambda: {"started": True},
+        ),
+        Notifier(settings, Metrics(registry)) as notifier,
+    ):
+        await notifier.run(stop)
+    logger.info("stopped cleanly")
+    return 0
+
+
+def _install_signals(request_stop: Callable[[], None], deadline: float) -> None:
+    """SIGTERM/SIGINT stop gracefully within ``deadline``; a second signal exits at once."""
+    import asyncio
+    import os
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stopping = False
+
+    def force_exit(reason: str) -> None:
+        logger.error("%s: exiting without a clean shutdown", reason)
+        logging.shutdown()
+        os._exit(1)
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal stopping
+        if stopping:
+            force_exit(f"second {sig.name}")
+        stopping = True
+        logger.info("%s: stopping (deadline %gs)", sig.name, deadline)
+        loop.call_later(deadline, force_exit, f"shutdown deadline of {deadline:g}s passed")
+        request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -286,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-format", default="text", choices=("text", "json"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_simulate, _add_train, _add_inspect):
+    for add in (_add_simulate, _add_train, _add_inspect, _add_serve, _add_notify):
         add(sub)
     return parser
 

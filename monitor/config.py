@@ -37,6 +37,8 @@ class KafkaSettings(_Section):
     ssl_keyfile: Path | None = None
     ssl_password: SecretStr | None = None
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
+    #: The brokers' ``offset.metadata.max.bytes``: room for alert state in each commit.
+    offset_metadata_max_bytes: int = Field(default=4096, ge=64)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -88,9 +90,13 @@ class WindowSettings(_Section):
 
 
 class DetectorSettings(_Section):
-    k: int = Field(default=3, ge=1)
-    n: int = Field(default=5, ge=1, le=64)
-    m: int = Field(default=10, ge=1)
+    """Alert rule. ``k``, ``n`` and ``m`` default to values derived from the window length ``L``
+    (see :meth:`resolved`): a load step or a one-reading glitch lifts at most ``L`` consecutive
+    windows, so requiring more than ``L`` anomalous windows keeps them from opening alerts."""
+
+    k: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=1024)
+    m: int | None = Field(default=None, ge=1)
     hysteresis: float = Field(default=0.8, gt=0, le=1)
     cooldown_s: float = Field(default=0.0, ge=0)
     update_factor: float = Field(default=1.25, gt=1)
@@ -99,13 +105,28 @@ class DetectorSettings(_Section):
 
     @model_validator(mode="after")
     def _k_of_n(self) -> DetectorSettings:
-        if self.k > self.n:
+        if self.k is not None and self.n is not None and self.k > self.n:
             raise ValueError(f"k ({self.k}) must not exceed n ({self.n})")
         return self
+
+    def resolved(self, window: int) -> tuple[int, int, int]:
+        """``(k, n, m)``: explicit values, else ``k = L + max(4, L/4)``, ``n = m = 1.5 k``."""
+        k = self.k if self.k is not None else window + max(4, window // 4)
+        n = self.n if self.n is not None else max(k, min(1024, (3 * k + 1) // 2))
+        m = self.m if self.m is not None else n
+        if k > n:
+            raise ConfigError(f"detector.k ({k}) must not exceed detector.n ({n})")
+        return k, n, m
 
 
 class AlertSettings(_Section):
     topic: str = "plantwatch.alerts"
+
+
+class ScoreSettings(_Section):
+    #: Optional topic receiving every window score (one JSON message per asset and batch:
+    #: ``{"asset", "ts": [...], "score": [...]}``), e.g. for a historian. Off when unset.
+    topic: str | None = None
 
 
 class WebhookSettings(_Section):
@@ -148,10 +169,14 @@ class Settings(_Section):
     windows: WindowSettings = WindowSettings()
     detector: DetectorSettings = DetectorSettings()
     alerts: AlertSettings = AlertSettings()
+    scores: ScoreSettings = ScoreSettings()
     delivery: DeliverySettings = DeliverySettings()
     http: HttpSettings = HttpSettings()
     metrics: MetricsSettings = MetricsSettings()
     shutdown_deadline_s: float = Field(default=30.0, gt=0)
+    #: Stable name of this instance (default: host name); names its Kafka transactional id, so
+    #: a restarted instance fences its predecessor. Unique per instance of a group.
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,100}$")
 
 
 ENV_PREFIX = "PLANTWATCH_"

@@ -1,18 +1,102 @@
-"""The wire format of sensor readings on Kafka.
+"""The wire formats of sensor readings on Kafka: encoders for producers, a validating decoder.
 
-A JSON reading is ``{"asset": "pump-01", "ts": <epoch ms>, "values": {"flow": 1.2, ...}}``; a
-JSON batch is a list of readings of one asset in one message. The monitor owns this format;
-producers (the simulator, plant gateways) encode with the functions here.
+The Kafka key of every message is the asset id (UTF-8); it may be absent. Three value formats:
+
+**JSON single** -- one reading::
+
+    {"asset": "pump-7", "ts": 1767225600000, "values": {"flow": 1.2, "vibration_rms": 0.3}}
+
+``ts`` is epoch milliseconds (an integer) or an ISO-8601 string *with* a UTC offset
+(``"2026-01-01T00:00:00.250Z"``; sub-millisecond digits are truncated). ``values`` is an object
+keyed by sensor name, or a list in manifest feature order. Other top-level fields are ignored.
+
+**JSON batch** -- a JSON list of such objects in one message; readings may belong to several
+assets. Messages must be UTF-8; ``NaN``/``Infinity`` literals parse but are rejected.
+
+**Binary** (version 1) -- one asset, little-endian, every field naturally aligned::
+
+    offset     size     type       field
+    0          3        bytes      magic b"PWR"
+    3          1        u8         version = 1
+    4          4        u32        schema fingerprint (below)
+    8          4        u32        n_readings (n)
+    12         2        u16        n_features (f), must equal the model's feature count
+    14         2        u16        asset_len (L), 1..max_asset_id_length
+    16         L        utf-8      asset id
+    16+L       P        zero       padding, P = (8 - (16 + L) % 8) % 8 bytes, all 0x00
+    H=16+L+P   8*n      int64      timestamps, epoch ms, strictly increasing
+    H+8*n      4*n*f    float32    values, row-major [n, f], manifest feature order
+
+The message is exactly ``H + 8*n + 4*n*f`` bytes; trailing bytes are an error. The schema
+fingerprint is the first 4 bytes of ``sha256("\\x1f".join(features).encode("utf-8"))``, written
+in digest order (so a C gateway can ``memcpy`` them); read as a little-endian u32 it equals
+:func:`schema_fingerprint`. A producer built for another feature list or order is rejected.
+
+**Decoding policy.** :class:`Decoder` accepts or rejects a message *whole*: it returns either
+one :class:`ReadingBlock` per asset (order of first appearance; an empty batch gives ``[]``) or
+one :class:`Rejection` whose :class:`RejectReason` is a bounded label and whose detail names the
+first bad reading (``"reading 3: sensor 'flow' is nan, ..."``). It never raises for any key/value
+bytes, and checks every declared length against the real message size and the configured limits
+before allocating anything proportional to it. Reasons:
+
+- ``undecodable``: tombstone, not JSON/UTF-8, neither JSON nor binary, bad binary framing
+  (short, wrong magic/version, size not exactly as declared, non-zero padding), key not UTF-8.
+- ``oversized``: message, batch length or asset id beyond the configured limits.
+- ``wrong_type``: a field missing or of the wrong JSON type (``ts`` must be an integer or a
+  string; booleans, strings and nulls are not sensor values); an empty asset id.
+- ``missing_sensor`` / ``unknown_sensor``: ``values`` object without a model sensor / with one
+  the model does not know (ignored instead with ``allow_extra_sensors``).
+- ``schema_mismatch``: binary fingerprint or feature count differ, or a ``values`` list of the
+  wrong length.
+- ``non_finite``: NaN, ±inf, or beyond float32's range.
+- ``unknown_asset``: not matched by ``asset_patterns``, or containing unprintable characters.
+- ``bad_timestamp``: epoch ms outside [1e11, 1e13], unparseable ISO-8601, or ISO without offset.
+- ``key_mismatch``: the reading's asset differs from a (non-empty) Kafka key.
+- ``out_of_order``: timestamps of one asset not strictly increasing within the message.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import json
+import logging
 import math
-from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+import re
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from operator import itemgetter
+from typing import Any, Final, Literal, NamedTuple
 
-from monitor.errors import DataError
+import numpy as np
+import numpy.typing as npt
+
+from monitor.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+#: Binary format constants (see the module docstring).
+BINARY_MAGIC: Final = b"PWR"
+BINARY_VERSION: Final = 1
+_HEADER = struct.Struct("<3sBIIHH")
+_TS_DTYPE: Final = np.dtype("<i8")
+_VALUE_DTYPE: Final = np.dtype("<f4")
+
+#: Plausible epoch-millisecond range (1973-03-03 .. 2286-11-20): catches seconds, microseconds
+#: and garbage, not clock skew (the window store judges that).
+TS_MIN_MS: Final = 100_000_000_000
+TS_MAX_MS: Final = 10_000_000_000_000
+
+_F32_MAX: Final = float(np.finfo(np.float32).max)
+_NUMBER_TYPES: Final = frozenset({int, float})  # bool is its own type, so not a number here
+_JSON_WS: Final = b" \t\r\n"
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_DETAIL: Final = 300
+_MAX_ISO_LENGTH: Final = 64
+_ASSET_CACHE_SIZE: Final = 4096
 
 
 class Reading(NamedTuple):
@@ -21,6 +105,529 @@ class Reading(NamedTuple):
     asset: str
     ts_ms: int  # epoch milliseconds, UTC
     values: Mapping[str, float]
+
+
+class RejectReason(StrEnum):
+    """Why a message was rejected; a bounded set (Prometheus label, dead-letter field)."""
+
+    UNDECODABLE = "undecodable"
+    OVERSIZED = "oversized"
+    WRONG_TYPE = "wrong_type"
+    MISSING_SENSOR = "missing_sensor"
+    UNKNOWN_SENSOR = "unknown_sensor"
+    NON_FINITE = "non_finite"
+    UNKNOWN_ASSET = "unknown_asset"
+    BAD_TIMESTAMP = "bad_timestamp"
+    KEY_MISMATCH = "key_mismatch"
+    SCHEMA_MISMATCH = "schema_mismatch"
+    OUT_OF_ORDER = "out_of_order"
+    DUPLICATE_TIMESTAMP = "duplicate_timestamp"  # used by the window store, across messages
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingBlock:
+    """Readings of ONE asset decoded from one message, in strictly increasing timestamp order.
+
+    The arrays are read-only (binary messages are decoded without copying).
+    """
+
+    asset: str
+    ts_ms: npt.NDArray[np.int64]  # [n]
+    values: npt.NDArray[np.float32]  # [n, n_features], manifest feature order
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A rejected message: a bounded reason and a one-line, truncated, human-readable detail."""
+
+    reason: RejectReason
+    detail: str
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """What the decoder accepts; ``features`` is the model manifest's feature order."""
+
+    features: tuple[str, ...]
+    #: auto: JSON if the first non-whitespace byte is ``{`` or ``[``, binary if the magic matches.
+    format: Literal["auto", "json", "binary"] = "auto"
+    asset_patterns: tuple[str, ...] = ()  # fnmatch patterns (case-sensitive); empty => any
+    max_message_bytes: int = 1_048_576
+    max_batch_readings: int = 10_000
+    max_asset_id_length: int = 128  # characters (JSON) or UTF-8 bytes (binary)
+    allow_extra_sensors: bool = False  # True: unknown sensors are ignored instead of rejected
+
+
+class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes the decoder
+    """Raised inside the decoder; :meth:`Decoder.decode` turns it into a :class:`Rejection`."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(detail)
+        self.rejection = Rejection(reason, _clip(detail))
+
+
+def _clip(text: str, limit: int = _MAX_DETAIL) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _show(text: str) -> str:
+    """A message-supplied string, quoted, escaped to one line and shortened for a detail."""
+    return _clip(repr(text), 80)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "a number"
+
+
+def _at(index: int) -> str:
+    """Detail prefix naming the reading: batches have indices, a single reading has none."""
+    return f"reading {index}: " if index >= 0 else ""
+
+
+def schema_fingerprint(features: Sequence[str]) -> int:
+    """The binary format's u32 schema fingerprint of a feature list (order matters)."""
+    digest = hashlib.sha256("\x1f".join(features).encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+class Decoder:
+    """Validates Kafka messages against a feature list; see the module docstring for policy."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        features = tuple(config.features)
+        if not features:
+            raise ConfigError("decoder: features must not be empty")
+        if len(set(features)) != len(features):
+            raise ConfigError("decoder: features contain duplicates")
+        if len(features) > 0xFFFF:
+            raise ConfigError(f"decoder: {len(features)} features, the binary format allows 65535")
+        for name in ("max_message_bytes", "max_batch_readings", "max_asset_id_length"):
+            if getattr(config, name) < 1:
+                raise ConfigError(f"decoder: {name} must be >= 1")
+        self.config = config
+        self._features = features
+        self._n = len(features)
+        self._index = {name: i for i, name in enumerate(features)}
+        self._feature_set = frozenset(features)
+        # Builds a row in feature order from a values object in one C call.
+        getter = itemgetter(*features)
+        self._row: Callable[[dict[str, Any]], Sequence[float]] = (
+            getter if self._n > 1 else (lambda d: (getter(d),))
+        )
+        self._fingerprint = schema_fingerprint(features)
+        self._format = config.format
+        self._max_bytes = config.max_message_bytes
+        self._max_batch = config.max_batch_readings
+        self._max_asset = config.max_asset_id_length
+        self._allow_extra = config.allow_extra_sensors
+        self._asset_re = (
+            re.compile("|".join(fnmatch.translate(p) for p in config.asset_patterns))
+            if config.asset_patterns
+            else None
+        )
+        # asset id -> None (allowed) or the rejection; asset ids repeat, regexes are not free.
+        self._asset_cache: dict[str, _Reject | None] = {}
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self._features
+
+    def decode(self, key: bytes | None, value: bytes | None) -> list[ReadingBlock] | Rejection:
+        """Decode one Kafka message into per-asset blocks, or say why it is rejected."""
+        try:
+            return self._decode(key, value)
+        except _Reject as rejected:
+            return rejected.rejection
+        except Exception:  # a decoder bug must not stop the consume loop; the test suite
+            # (tests/unit/test_records_fuzz.py) asserts this branch is never taken.
+            log.exception("decoder failed on a %d-byte message", len(value or b""))
+            return Rejection(RejectReason.UNDECODABLE, INTERNAL_ERROR_DETAIL)
+
+    # -- framing ------------------------------------------------------------------------------
+
+    def _decode(self, key: bytes | None, value: bytes | None) -> list[ReadingBlock]:
+        if value is None:
+            raise _Reject(RejectReason.UNDECODABLE, "tombstone (message without value)")
+        if len(value) > self._max_bytes:
+            raise _Reject(
+                RejectReason.OVERSIZED,
+                f"message is {len(value)} bytes, limit {self._max_bytes}",
+            )
+        key_str: str | None = None
+        if key:  # an empty key counts as none
+            try:
+                key_str = key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Reject(RejectReason.UNDECODABLE, "key is not valid UTF-8") from None
+        fmt = self._format
+        if fmt == "auto":
+            first = value[:1]
+            if first in _JSON_WS:
+                first = value.lstrip(_JSON_WS)[:1]
+            if first == b"{" or first == b"[":
+                fmt = "json"
+            elif value.startswith(BINARY_MAGIC):
+                fmt = "binary"
+            else:
+                raise _Reject(
+                    RejectReason.UNDECODABLE,
+                    "neither JSON (starts with '{' or '[') nor binary (magic b'PWR')",
+                )
+        if fmt == "json":
+            return self._decode_json(key_str, value)
+        return self._decode_binary(key_str, value)
+
+    def _check_asset(self, asset: str, key: str | None, where: int) -> None:
+        if key is not None and asset != key:
+            raise _Reject(
+                RejectReason.KEY_MISMATCH,
+                f"{_at(where)}asset {_show(asset)} differs from the message key {_show(key)}",
+            )
+        if len(asset) > self._max_asset:  # before the cache: never keep huge bogus ids
+            raise _Reject(
+                RejectReason.OVERSIZED,
+                f"{_at(where)}asset id is {len(asset)} characters, limit {self._max_asset}",
+            )
+        try:
+            cached = self._asset_cache[asset]
+        except KeyError:
+            cached = self._judge_asset(asset)
+            if len(self._asset_cache) >= _ASSET_CACHE_SIZE:
+                self._asset_cache.clear()  # bounded against floods of distinct bogus ids
+            self._asset_cache[asset] = cached
+        if cached is None:
+            return
+        # The cached detail has no reading index; re-raise with this one.
+        raise _Reject(cached.rejection.reason, _at(where) + cached.rejection.detail)
+
+    def _judge_asset(self, asset: str) -> _Reject | None:
+        if not asset:
+            return _Reject(RejectReason.WRONG_TYPE, "asset id is empty")
+        # Asset ids end up in logs, alert keys and label values: no control characters or lone
+        # surrogates (which could not even be encoded back to UTF-8).
+        if not asset.isprintable():
+            return _Reject(
+                RejectReason.UNKNOWN_ASSET, f"asset id {_show(asset)} has unprintable characters"
+            )
+        if self._asset_re is not None and self._asset_re.match(asset) is None:
+            return _Reject(
+                RejectReason.UNKNOWN_ASSET,
+                f"asset {_show(asset)} is not allowed by the configured asset patterns",
+            )
+        return None
+
+    # -- JSON ---------------------------------------------------------------------------------
+
+    def _decode_json(self, key: str | None, value: bytes) -> list[ReadingBlock]:
+        try:
+            # Decode explicitly: json.loads(bytes) would also accept UTF-16/32 and surrogates.
+            doc = json.loads(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise _Reject(RejectReason.UNDECODABLE, "message is not valid UTF-8") from None
+        except (ValueError, RecursionError) as exc:
+            raise _Reject(RejectReason.UNDECODABLE, f"not JSON: {exc}") from None
+        if type(doc) is dict:
+            asset, ts, row = self._parse_reading(doc, -1, key)
+            self._check_values([row], indexed=False)
+            values = np.fromiter(row, np.float32, self._n).reshape(1, self._n)
+            return [_block(asset, np.array((ts,), dtype=np.int64), values)]
+        if type(doc) is not list:
+            raise _Reject(
+                RejectReason.WRONG_TYPE,
+                f"message is {_json_type(doc)}, not a reading object or a list of them",
+            )
+        if len(doc) > self._max_batch:
+            raise _Reject(
+                RejectReason.OVERSIZED,
+                f"batch has {len(doc)} readings, limit {self._max_batch}",
+            )
+        return self._decode_batch(doc, key)
+
+    def _decode_batch(self, items: list[Any], key: str | None) -> list[ReadingBlock]:
+        ts_list: list[int] = []
+        rows: list[Sequence[float]] = []
+        groups: dict[str, list[int]] = {}  # asset -> reading indices
+        last_ts: dict[str, int] = {}
+        try:
+            for i, item in enumerate(items):
+                asset, ts, row = self._parse_reading(item, i, key)
+                previous = last_ts.get(asset)
+                if previous is None:
+                    groups[asset] = [i]
+                elif ts > previous:
+                    groups[asset].append(i)
+                else:
+                    relation = "equals" if ts == previous else "is before"
+                    raise _Reject(
+                        RejectReason.OUT_OF_ORDER,
+                        f"reading {i}: ts {ts} {relation} the previous reading of "
+                        f"{_show(asset)} in this message ({previous})",
+                    )
+                last_ts[asset] = ts
+                ts_list.append(ts)
+                rows.append(row)
+        except _Reject:
+            # A non-finite value in an earlier reading is the first bad reading.
+            if rows:
+                self._to_float32(rows)
+            raise
+        if not rows:
+            return []
+        values = self._to_float32(rows)
+        ts_all = np.array(ts_list, dtype=np.int64)
+        if len(groups) == 1:
+            return [_block(next(iter(groups)), ts_all, values)]
+        blocks = []
+        for asset, indices in groups.items():
+            take = np.array(indices, dtype=np.intp)
+            blocks.append(_block(asset, ts_all[take], values[take]))
+        return blocks
+
+    def _parse_reading(
+        self, item: Any, i: int, key: str | None
+    ) -> tuple[str, int, Sequence[float]]:
+        """Validate one reading object; returns (asset, ts_ms, row in feature order)."""
+        if type(item) is not dict:
+            raise _Reject(
+                RejectReason.WRONG_TYPE, f"{_at(i)}is {_json_type(item)}, not a reading object"
+            )
+        asset = item.get("asset")
+        if type(asset) is not str:
+            what = "missing" if asset is None else f"{_json_type(asset)}, not a string"
+            raise _Reject(RejectReason.WRONG_TYPE, f"{_at(i)}'asset' is {what}")
+        self._check_asset(asset, key, i)
+
+        ts = item.get("ts")
+        if type(ts) is int:
+            if not TS_MIN_MS <= ts <= TS_MAX_MS:
+                raise _Reject(
+                    RejectReason.BAD_TIMESTAMP,
+                    f"{_at(i)}ts {ts} is not epoch milliseconds in [{TS_MIN_MS}, {TS_MAX_MS}]",
+                )
+        elif type(ts) is str:
+            ts = _iso_to_ms(ts, i)
+        else:
+            what = "missing" if ts is None else f"{_json_type(ts)}, not an integer or string"
+            raise _Reject(RejectReason.WRONG_TYPE, f"{_at(i)}'ts' is {what}")
+
+        values = item.get("values")
+        if type(values) is dict:
+            # Fast path: exactly the expected sensors, all numbers -- two C-level checks.
+            if values.keys() == self._feature_set and _NUMBER_TYPES.issuperset(
+                map(type, values.values())
+            ):
+                return asset, ts, self._row(values)
+            return asset, ts, self._row_from_object(values, i)
+        if type(values) is list:
+            if len(values) != self._n:
+                raise _Reject(
+                    RejectReason.SCHEMA_MISMATCH,
+                    f"{_at(i)}'values' list has {len(values)} entries, expected {self._n} "
+                    "(manifest feature order)",
+                )
+            if not _NUMBER_TYPES.issuperset(map(type, values)):
+                for name, v in zip(self._features, values, strict=True):
+                    if type(v) is not int and type(v) is not float:
+                        raise _Reject(
+                            RejectReason.WRONG_TYPE,
+                            f"{_at(i)}sensor {_show(name)} is {_json_type(v)}, not a number",
+                        )
+            return asset, ts, values
+        what = "missing" if values is None else f"{_json_type(values)}, not an object or list"
+        raise _Reject(RejectReason.WRONG_TYPE, f"{_at(i)}'values' is {what}")
+
+    def _row_from_object(self, values: dict[str, Any], i: int) -> list[float]:
+        """The slow path of :meth:`_parse_reading`: find the first problem, or drop extras."""
+        row: list[float | None] = [None] * self._n
+        for name, v in values.items():
+            j = self._index.get(name)
+            if j is None:
+                if self._allow_extra:
+                    continue
+                raise _Reject(RejectReason.UNKNOWN_SENSOR, f"{_at(i)}unknown sensor {_show(name)}")
+            if type(v) is not int and type(v) is not float:
+                raise _Reject(
+                    RejectReason.WRONG_TYPE,
+                    f"{_at(i)}sensor {_show(name)} is {_json_type(v)}, not a number",
+                )
+            row[j] = v
+        for j, v in enumerate(row):
+            if v is None:
+                raise _Reject(
+                    RejectReason.MISSING_SENSOR,
+                    f"{_at(i)}sensor {_show(self._features[j])} is missing "
+                    f"({row.count(None)} of {self._n} missing)",
+                )
+        return row  # type: ignore[return-value]  # no None left
+
+    def _to_float32(self, rows: Sequence[Sequence[float]]) -> npt.NDArray[np.float32]:
+        """Rows of a batch as float32 [n, n_features]; vectorised :meth:`_check_values`."""
+        try:
+            wide = np.array(rows, dtype=np.float64)
+        except OverflowError:  # an integer beyond float64: let the exact check name it
+            self._check_values(rows, indexed=True)
+            raise  # pragma: no cover - _check_values raised already
+        ok = np.abs(wide) <= _F32_MAX  # NaN compares False
+        if not ok.all():
+            first = int(np.argmin(ok.all(axis=1)))
+            self._check_values(rows[first : first + 1], indexed=True, offset=first)
+        return wide.astype(np.float32)
+
+    def _check_values(
+        self, rows: Sequence[Sequence[float]], *, indexed: bool, offset: int = 0
+    ) -> None:
+        """Reject NaN, ±inf and values outside float32's range (they would become inf)."""
+        for i, row in enumerate(rows, offset):
+            try:
+                # One C-level pass; NaN/inf propagate and fail the comparison.
+                total = sum(map(abs, row))
+            except OverflowError:  # an integer beyond float64
+                total = math.inf
+            if total <= _F32_MAX:
+                continue
+            for name, v in zip(self._features, row, strict=True):
+                try:
+                    fine = math.isfinite(v) and abs(v) <= _F32_MAX
+                except OverflowError:
+                    fine = False
+                if not fine:
+                    shown = repr(v) if isinstance(v, float) else f"a {v.bit_length()}-bit integer"
+                    where = _at(i) if indexed else ""
+                    raise _Reject(
+                        RejectReason.NON_FINITE,
+                        f"{where}sensor {_show(name)} is {shown}, not a finite float32",
+                    )
+
+    # -- binary -------------------------------------------------------------------------------
+
+    def _decode_binary(self, key: str | None, value: bytes) -> list[ReadingBlock]:
+        size = len(value)
+        if size < _HEADER.size:
+            raise _Reject(
+                RejectReason.UNDECODABLE,
+                f"binary message of {size} bytes is shorter than the {_HEADER.size}-byte header",
+            )
+        magic, version, fingerprint, n, f, asset_len = _HEADER.unpack_from(value)
+        if magic != BINARY_MAGIC:
+            raise _Reject(RejectReason.UNDECODABLE, "binary message without magic b'PWR'")
+        if version != BINARY_VERSION:
+            raise _Reject(
+                RejectReason.UNDECODABLE,
+                f"binary format version {version} is not supported (this plantwatch reads "
+                f"{BINARY_VERSION})",
+            )
+        if f != self._n or fingerprint != self._fingerprint:
+            raise _Reject(
+                RejectReason.SCHEMA_MISMATCH,
+                f"binary message has {f} features with fingerprint {fingerprint:#010x}; the "
+                f"model expects {self._n} with {self._fingerprint:#010x}",
+            )
+        # Limits and the exact size are checked before anything is allocated from n.
+        if n > self._max_batch:
+            raise _Reject(
+                RejectReason.OVERSIZED,
+                f"binary message declares {n} readings, limit {self._max_batch}",
+            )
+        if asset_len > self._max_asset:
+            raise _Reject(
+                RejectReason.OVERSIZED,
+                f"asset id is {asset_len} bytes, limit {self._max_asset}",
+            )
+        data_at = _HEADER.size + asset_len
+        data_at += -data_at % 8
+        expected = data_at + n * (8 + 4 * f)
+        if size != expected:
+            problem = "truncated" if size < expected else "has trailing bytes"
+            raise _Reject(
+                RejectReason.UNDECODABLE,
+                f"binary message {problem}: {size} bytes, its header implies {expected}",
+            )
+        try:
+            asset = value[_HEADER.size : _HEADER.size + asset_len].decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Reject(RejectReason.UNDECODABLE, "binary asset id is not valid UTF-8") from None
+        if value[_HEADER.size + asset_len : data_at].strip(b"\0"):
+            raise _Reject(RejectReason.UNDECODABLE, "binary header padding is not zero")
+        self._check_asset(asset, key, -1)
+        if n == 0:
+            return []
+        ts = np.frombuffer(value, dtype=_TS_DTYPE, count=n, offset=data_at)
+        values = np.frombuffer(value, dtype=_VALUE_DTYPE, count=n * f, offset=data_at + 8 * n)
+        values = values.reshape(n, f)
+        ts_ok = ts[0] >= TS_MIN_MS and ts[-1] <= TS_MAX_MS and (n == 1 or (ts[1:] > ts[:-1]).all())
+        if not (ts_ok and np.isfinite(values).all()):
+            self._explain_binary(ts, values)
+        return [ReadingBlock(asset, ts, values)]  # frombuffer over bytes: already read-only
+
+    def _explain_binary(self, ts: npt.NDArray[np.int64], values: npt.NDArray[np.float32]) -> None:
+        """Raise for the first bad reading of a binary message (its timestamp checked first)."""
+        finite = np.isfinite(values)
+        first_bad_row = int(np.argmin(finite.all(axis=1))) if not finite.all() else len(ts)
+        for i in range(min(first_bad_row + 1, len(ts))):
+            t = int(ts[i])
+            if i and t <= ts[i - 1]:
+                relation = "equals" if t == ts[i - 1] else "is before"
+                raise _Reject(
+                    RejectReason.OUT_OF_ORDER,
+                    f"reading {i}: ts {t} {relation} the previous reading's ({int(ts[i - 1])})",
+                )
+            if not TS_MIN_MS <= t <= TS_MAX_MS:
+                raise _Reject(
+                    RejectReason.BAD_TIMESTAMP,
+                    f"reading {i}: ts {t} is not epoch milliseconds in [{TS_MIN_MS}, {TS_MAX_MS}]",
+                )
+        j = int(np.argmin(finite[first_bad_row]))
+        raise _Reject(
+            RejectReason.NON_FINITE,
+            f"reading {first_bad_row}: sensor {_show(self._features[j])} is "
+            f"{float(values[first_bad_row, j])!r}, not a finite float32",
+        )
+
+
+#: Detail of the rejection returned if the decoder itself fails (a bug; logged with traceback).
+INTERNAL_ERROR_DETAIL: Final = "internal decoder error (logged); message kept for inspection"
+
+
+def _block(asset: str, ts: npt.NDArray[np.int64], values: npt.NDArray[np.float32]) -> ReadingBlock:
+    # Read-only like binary blocks, so no consumer can rely on mutating them.
+    ts.setflags(write=False)
+    values.setflags(write=False)
+    return ReadingBlock(asset, ts, values)
+
+
+def _iso_to_ms(text: str, i: int) -> int:
+    if len(text) > _MAX_ISO_LENGTH:
+        raise _Reject(RejectReason.BAD_TIMESTAMP, f"{_at(i)}ts string is too long for ISO-8601")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise _Reject(
+            RejectReason.BAD_TIMESTAMP, f"{_at(i)}ts {_show(text)} is not an ISO-8601 timestamp"
+        ) from None
+    if moment.tzinfo is None:
+        # Naive plant-local times silently shift data by hours; make the producer say.
+        raise _Reject(
+            RejectReason.BAD_TIMESTAMP,
+            f"{_at(i)}ts {_show(text)} has no UTC offset (append 'Z' or '+hh:mm')",
+        )
+    delta = moment - _EPOCH
+    ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    if not TS_MIN_MS <= ms <= TS_MAX_MS:
+        raise _Reject(RejectReason.BAD_TIMESTAMP, f"{_at(i)}ts {_show(text)} is outside 1973..2286")
+    return ms
+
+
+# -- encoders ---------------------------------------------------------------------------------
 
 
 def _payload(asset: str, ts_ms: int, values: Mapping[str, float]) -> dict[str, object]:
@@ -41,3 +648,41 @@ def encode_json_batch(readings: Iterable[Reading]) -> bytes:
     return json.dumps(
         [_payload(r.asset, r.ts_ms, r.values) for r in readings], separators=(",", ":")
     ).encode()
+
+
+def encode_binary(
+    asset: str,
+    features: Sequence[str],
+    ts_ms: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float32],
+) -> bytes:
+    """Encode one asset's readings in the binary format (see the module docstring).
+
+    Raises :class:`DataError` for what the format cannot carry (shapes, sizes, an asset id that
+    is empty or not encodable). Values and timestamps are *not* judged here: NaN or unordered
+    timestamps encode fine and are rejected by the decoder.
+    """
+    ts = np.ascontiguousarray(ts_ms, dtype=_TS_DTYPE)
+    vals = np.ascontiguousarray(values, dtype=_VALUE_DTYPE)
+    n, f = len(ts), len(features)
+    if ts.ndim != 1 or vals.shape != (n, f):
+        raise DataError(
+            f"binary reading block of {asset!r}: ts shape {ts.shape} and values shape "
+            f"{vals.shape} do not fit {f} features"
+        )
+    try:
+        asset_bytes = asset.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"asset id {asset!r} cannot be encoded as UTF-8") from None
+    if not 1 <= len(asset_bytes) <= 0xFFFF or not 1 <= f <= 0xFFFF or n > 0xFFFF_FFFF:
+        raise DataError(
+            f"binary reading block of {asset!r}: asset id of {len(asset_bytes)} bytes, "
+            f"{f} features, {n} readings exceed the format's limits"
+        )
+    head = (
+        _HEADER.pack(
+            BINARY_MAGIC, BINARY_VERSION, schema_fingerprint(features), n, f, len(asset_bytes)
+        )
+        + asset_bytes
+    )
+    return b"".join((head, bytes(-len(head) % 8), ts.tobytes(), vals.tobytes()))

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.plant import PLANT, PLANT_WINDOW
+
 SENSORS = ("a", "b", "c")
 
 
@@ -45,5 +47,26 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         hyperparameters={"hidden": (32, 8)},
         fit=FitConfig(epochs=8, patience=3, progress=False),
         name="tiny",
+    )
+    return train_bundle(config).bundle.path
+
+
+@pytest.fixture(scope="session")
+def plant_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dense AE trained on 12 h (day 1, 00:00-12:00) of the simulated plant's normal data."""
+    from training.fit import FitConfig
+    from training.pipeline import TrainConfig, train_bundle
+    from training.simulator import PlantConfig, write
+
+    root = tmp_path_factory.mktemp("plant")
+    normal = PlantConfig(**PLANT, duration_s=12 * 3600, n_faults=0, seed=11)
+    write(normal, root / "normal.parquet")
+    config = TrainConfig(
+        data=root / "normal.parquet",
+        out=root / "bundle",
+        family="dense",
+        window=PLANT_WINDOW,
+        fit=FitConfig(epochs=30, progress=False),
+        name="plant",
     )
     return train_bundle(config).bundle.path

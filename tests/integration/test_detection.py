@@ -7,6 +7,7 @@ service will. The figures are printed (run with ``-s``) and attached to the test
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,37 +15,22 @@ import pytest
 
 from monitor.bundle import load_bundle
 from monitor.scoring import Scorer
-from training.fit import FitConfig
-from training.pipeline import TrainConfig, train_bundle
-from training.simulator import FAULT_KINDS, PlantConfig, PlantSimulator, write
+from tests.plant import PLANT, PLANT_WINDOW
+from training.simulator import FAULT_KINDS, PlantConfig, PlantSimulator
 
 pytestmark = pytest.mark.slow
 
-WINDOW = 32
+WINDOW = PLANT_WINDOW
 #: Faults whose physics the model must catch at this size; see the note on the others below.
 CLEAR_FAULTS = ("bearing_wear", "cavitation", "valve_step")
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, float, list[str]]:
-    root = tmp_path_factory.mktemp("detect")
-    # Day 1, 00:00-12:00: normal operation only, for training and calibration.
-    normal = PlantConfig(n_pumps=3, n_compressors=1, duration_s=12 * 3600, n_faults=0, seed=11)
-    write(normal, root / "normal.parquet")
-    bundle = train_bundle(
-        TrainConfig(
-            data=root / "normal.parquet",
-            out=root / "bundle",
-            family="dense",
-            window=WINDOW,
-            fit=FitConfig(epochs=30, progress=False),
-        )
-    ).bundle
+def scored(plant_bundle: Path) -> tuple[pd.DataFrame, float, list[str]]:
     # Day 2, 00:00-08:00 (same hours of the daily cycle), another schedule, two faults per kind.
     faulty = PlantSimulator(
         PlantConfig(
-            n_pumps=3,
-            n_compressors=1,
+            **PLANT,
             start="2026-01-02T00:00:00Z",
             duration_s=8 * 3600,
             n_faults=2 * len(FAULT_KINDS),
@@ -52,7 +38,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, floa
         )
     )
     frame = pd.concat(faulty.chunks(), ignore_index=True)
-    bundle = load_bundle(bundle.path, expected_features=faulty.sensors)
+    bundle = load_bundle(plant_bundle, expected_features=faulty.sensors)
     scorer = Scorer(bundle, device="cpu")
     features = np.array(bundle.manifest.features)
     parts = []

@@ -90,3 +90,25 @@ def test_invalid_config_is_one_line_naming_the_setting(
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "nope.yaml", {})
+
+
+def test_example_config_is_valid_and_shows_the_defaults() -> None:
+    from monitor.config import Settings
+
+    path = Path(__file__).parents[2] / "deploy" / "local" / "plantwatch.example.yaml"
+    s = load_settings(path, {})
+    defaults = Settings.model_validate({"model": {"path": str(s.model.path)}})
+    assert s == defaults
+
+
+def test_detector_rule_follows_the_window_length() -> None:
+    from monitor.config import DetectorSettings
+
+    assert DetectorSettings().resolved(32) == (40, 60, 60)
+    assert DetectorSettings().resolved(8) == (12, 18, 18)
+    k, n, m = DetectorSettings().resolved(64)
+    assert k > 64
+    assert n >= k
+    assert DetectorSettings(k=2, n=4, m=3).resolved(32) == (2, 4, 3)
+    with pytest.raises(ConfigError, match=r"detector\.k \(40\) must not exceed"):
+        DetectorSettings(n=10).resolved(32)

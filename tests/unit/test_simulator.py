@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -315,3 +316,20 @@ def test_json_encoders() -> None:
     assert batch[1]["values"] == {"a": 2.0}
     with pytest.raises(Exception, match="flow is nan"):
         encode_json_reading("pump-01", 1, {"flow": float("nan")})
+
+
+def test_plant_seed_keeps_the_machines_and_changes_the_day() -> None:
+    base = PlantConfig(n_pumps=2, n_compressors=1, duration_s=600, n_faults=0, seed=11)
+    same_plant = PlantConfig(
+        n_pumps=2, n_compressors=1, duration_s=600, n_faults=0, seed=12, plant_seed=11
+    )
+    a, b = PlantSimulator(base), PlantSimulator(same_plant)
+    # The same physical parameters per asset ...
+    for f in dataclasses.fields(a._params):
+        np.testing.assert_array_equal(getattr(a._params, f.name), getattr(b._params, f.name))
+    # ... but another operating schedule and other noise.
+    fa, fb = next(a.chunks()), next(b.chunks())
+    assert not fa[list(a.sensors)].equals(fb[list(b.sensors)])
+    # And plant_seed=None is the old behaviour: seed decides both.
+    again = PlantSimulator(dataclasses.replace(base, plant_seed=11))
+    pd.testing.assert_frame_equal(next(again.chunks()), fa)

@@ -53,7 +53,11 @@ class PlantConfig:
     interval_s: float = 1.0
     start: str | datetime = "2026-01-01T00:00:00Z"
     duration_s: float = 86_400.0
+    #: Randomness of this period: operating schedule, noise and fault plan.
     seed: int = 0
+    #: The plant's identity: each asset's physical parameters. ``None`` uses ``seed``. Give the
+    #: same ``plant_seed`` with different ``seed`` s to simulate the same machines on other days.
+    plant_seed: int | None = None
     fault_kinds: tuple[str, ...] = FAULT_KINDS
     #: Expected fault episodes per asset and simulated day; ignored when ``n_faults`` is set.
     faults_per_asset_day: float = 1.0
@@ -85,6 +89,9 @@ class PlantConfig:
             raise bad("duration_s", f"must be at least interval_s, got {self.duration_s!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", f"must be a non-negative integer, got {self.seed!r}")
+        ps = self.plant_seed
+        if ps is not None and (isinstance(ps, bool) or not isinstance(ps, int) or ps < 0):
+            raise bad("plant_seed", f"must be a non-negative integer, got {ps!r}")
         unknown = [k for k in self.fault_kinds if k not in FAULT_KINDS]
         if unknown:
             raise bad(

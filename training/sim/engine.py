@@ -68,6 +68,8 @@ class PlantSimulator:
         self.sensors: tuple[str, ...] = SENSORS
         root = np.random.SeedSequence(config.seed)
         params_seed, fault_seed, noise_seed, schedule_seed = root.spawn(4)
+        if config.plant_seed is not None:
+            params_seed = np.random.SeedSequence(config.plant_seed).spawn(4)[0]
         self._params = AssetParams.sample(list(self.kinds), np.random.default_rng(params_seed))
         self._plan = plan_faults(config, self.assets, fault_seed)
         #: Planned fault episodes, in start order.

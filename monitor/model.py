@@ -1,0 +1,153 @@
+"""The loaded model and its hot reload.
+
+The service reads :attr:`ModelManager.current` once per batch; a reload builds the new scorer
+completely (in a worker thread) and then swaps the reference, so a batch is always scored by
+exactly one model and no reading is dropped. A bundle that fails verification, or whose feature
+list or window length differs from the running one (the windows in memory are shaped by them),
+is refused: the old model keeps serving, one line is logged and the failure is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from monitor.bundle import MANIFEST_FILE, Bundle, load_bundle
+from monitor.errors import BundleError, PlantwatchError
+from monitor.events import ModelRef
+from monitor.metrics import Metrics
+from monitor.scoring import Device, Scorer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    bundle: Bundle
+    scorer: Scorer
+
+    @property
+    def ref(self) -> ModelRef:
+        m = self.bundle.manifest.model
+        return ModelRef(name=m.name, version=m.version, sha256=self.bundle.sha256)
+
+    @property
+    def threshold(self) -> float:
+        return self.bundle.manifest.threshold.value
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a bundle is rewritten in place or swapped in by rename."""
+    try:
+        st = (path / MANIFEST_FILE).stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class ModelManager:
+    """Owns the current :class:`LoadedModel` and swaps in new bundles from ``path``."""
+
+    def __init__(
+        self, path: Path, *, device: Device, threads: int, metrics: Metrics | None = None
+    ) -> None:
+        self.path = path
+        self.device: Device = device
+        self.threads = threads
+        self.metrics = metrics
+        self._current: LoadedModel | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._reload_requested = asyncio.Event()
+
+    @property
+    def current(self) -> LoadedModel:
+        if self._current is None:
+            raise RuntimeError("model not loaded; call load() first")
+        return self._current
+
+    @property
+    def loaded(self) -> bool:
+        return self._current is not None
+
+    def _build(self) -> LoadedModel:
+        bundle = load_bundle(self.path)
+        return LoadedModel(bundle, Scorer(bundle, device=self.device, threads=self.threads))
+
+    async def load(self) -> LoadedModel:
+        """First load; errors propagate (a service without a model must not start)."""
+        stamp = _stamp(self.path)
+        model = await asyncio.to_thread(self._build)
+        self._install(model, stamp)
+        return model
+
+    def _install(self, model: LoadedModel, stamp: tuple[int, int, int] | None) -> None:
+        self._current, self._stamp = model, stamp
+        m = model.bundle.manifest
+        logger.info(
+            "model %s %s (sha256 %s…) loaded; threshold %.6g; provider %s",
+            m.model.name,
+            m.model.version,
+            model.bundle.sha256[:12],
+            m.threshold.value,
+            model.scorer.provider,
+        )
+        if self.metrics is not None:
+            self.metrics.set_model(
+                m.model.name, m.model.version, model.bundle.sha256, model.scorer.provider
+            )
+            self.metrics.threshold.set(m.threshold.value)
+
+    def request_reload(self) -> None:
+        """Ask the watcher to reload now (SIGHUP)."""
+        self._reload_requested.set()
+
+    async def reload(self) -> bool:
+        """Try the bundle at ``path``; swap it in if valid and compatible. Never raises."""
+        stamp = _stamp(self.path)
+        old = self.current
+        try:
+            new = await asyncio.to_thread(self._build)
+            _check_compatible(old, new)
+        except PlantwatchError as exc:
+            self._stamp = stamp  # do not retry the same broken bundle every poll
+            logger.error("model reload refused, keeping %s: %s", old.ref.version, exc)
+            if self.metrics is not None:
+                self.metrics.model_reloads.labels("invalid").inc()
+            return False
+        if new.bundle.sha256 == old.bundle.sha256 and new.threshold == old.threshold:
+            self._stamp = stamp
+            return False
+        self._install(new, stamp)
+        if self.metrics is not None:
+            self.metrics.model_reloads.labels("ok").inc()
+        return True
+
+    async def watch(self, poll_s: float, *, poll: bool = True) -> None:
+        """Reload when the bundle changes (``poll``) or on :meth:`request_reload`. Runs forever."""
+        while True:
+            try:
+                await asyncio.wait_for(self._reload_requested.wait(), timeout=poll_s)
+            except TimeoutError:
+                if not poll:
+                    continue
+            requested = self._reload_requested.is_set()
+            self._reload_requested.clear()
+            stamp = _stamp(self.path)
+            # A missing manifest is a bundle being swapped in: wait for it to settle.
+            if stamp is not None and (requested or stamp != self._stamp):
+                await self.reload()
+
+
+def _check_compatible(old: LoadedModel, new: LoadedModel) -> None:
+    a, b = old.bundle.manifest, new.bundle.manifest
+    if a.features != b.features:
+        raise BundleError(f"{new.bundle.path}: feature list differs from the running model's")
+    if a.window.length != b.window.length:
+        raise BundleError(
+            f"{new.bundle.path}: window length {b.window.length} differs from the running "
+            f"model's {a.window.length}"
+        )
+    if a.sampling_interval_s != b.sampling_interval_s:
+        raise BundleError(f"{new.bundle.path}: sampling interval differs from the running model's")

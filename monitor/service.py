@@ -1,0 +1,593 @@
+"""``plantwatch serve``: the only place that wires the data path together.
+
+Per ``getmany`` batch::
+
+    records ─ decode/validate ─┬─ rejected ─────────────────────────────┐
+                               └─ window store ─ ready windows           │
+                                    └─ score (worker thread) ─ detector  │
+                                          └─ alert events ──┐            │
+    one Kafka transaction:  alerts topic  ◄─────────────────┘            │
+                            dead-letter topic  ◄─────────────────────────┘
+                            consumer offsets (+ commit metadata, see monitor.offsets)
+
+Because alert events, dead letters and offsets commit atomically, a crash at any point either
+keeps all of a batch's effects or none: the batch is then consumed again and, being
+deterministic, yields the same events with the same ids. Consumers of the alerts topic read
+with ``isolation_level="read_committed"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import numpy as np
+import numpy.typing as npt
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
+
+from monitor import offsets
+from monitor.config import Settings
+from monitor.detector import Detector, DetectorConfig
+from monitor.errors import DataError, KafkaUnavailableError, PlantwatchError
+from monitor.events import AlertEvent
+from monitor.http import OpsServer
+from monitor.kafka import client_kwargs
+from monitor.metrics import Metrics
+from monitor.model import LoadedModel, ModelManager
+from monitor.notify import Notifier
+from monitor.records import Decoder, DecoderConfig, Rejection
+from monitor.windows import ReadyBatch, WindowStore
+from monitor.windows import RejectReason as WindowReject
+
+logger = logging.getLogger(__name__)
+
+#: Windows per ONNX Runtime call; larger ready batches are scored in chunks.
+MAX_SCORING_BATCH = 8192
+#: How often the broker is probed for /readyz.
+PROBE_INTERVAL_S = 5.0
+
+
+@dataclass
+class _Outgoing:
+    """What one batch produces, committed together in one transaction."""
+
+    alerts: list[AlertEvent] = field(default_factory=list)
+    scores: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dead_letters: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = field(
+        default_factory=list
+    )
+
+
+@dataclass(frozen=True)
+class _Pipeline:
+    """The pure core of the data path, shaped by the model loaded at start."""
+
+    decoder: Decoder
+    store: WindowStore
+    detector: Detector
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.service._revoke(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.service._assign(assigned)
+
+
+class Service:
+    """The monitor: consume readings, score windows, produce alerts, commit — until stopped."""
+
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry, max_asset_labels=settings.metrics.max_asset_labels)
+        self.models = ModelManager(
+            settings.model.path,
+            device=settings.model.device,
+            threads=settings.model.threads,
+            metrics=self.metrics,
+        )
+        self._stop = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._ops: OpsServer | None = None
+        self._notifier: Notifier | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop_task: asyncio.Task[None] | None = None
+        self._broker_ok = False
+        self._started = False
+        # Per assigned partition: offsets up to here were scored before (replay, do not score).
+        self._replay_through: dict[TopicPartition, int] = {}
+        self._position: dict[TopicPartition, int] = {}
+        self._partition_assets: dict[TopicPartition, set[str]] = defaultdict(set)
+        # The window store keys partitions by int; topics may share partition numbers.
+        self._slots: dict[TopicPartition, int] = {}
+        self._model_in_use: LoadedModel | None = None
+        self._pipeline: _Pipeline | None = None
+
+    @property
+    def pipeline(self) -> _Pipeline:
+        if self._pipeline is None:
+            raise RuntimeError("service not started")
+        return self._pipeline
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        model = await self.models.load()
+        manifest = model.bundle.manifest
+        decoder = Decoder(
+            DecoderConfig(
+                features=manifest.features,
+                format=s.input.format,
+                asset_patterns=s.input.asset_patterns,
+                max_message_bytes=s.input.max_message_bytes,
+                max_batch_readings=s.input.max_batch_readings,
+                allow_extra_sensors=s.input.allow_extra_sensors,
+            )
+        )
+        store = WindowStore(
+            length=manifest.window.length,
+            n_features=manifest.n_features,
+            interval_ms=round(manifest.sampling_interval_s * 1000),
+            max_gap_steps=s.windows.max_gap_steps,
+            stride=s.windows.stride,
+            max_assets=s.windows.max_assets,
+            overflow=s.windows.overflow,
+        )
+        d = s.detector
+        k, n, m = d.resolved(manifest.window.length)
+        logger.info("alert rule: open on %d of %d windows, resolve after %d quiet ones", k, n, m)
+        detector = Detector(
+            DetectorConfig(
+                k=k,
+                n=n,
+                m=m,
+                hysteresis=d.hysteresis,
+                cooldown_ms=round(d.cooldown_s * 1000),
+                update_factor=d.update_factor,
+                severity_bands=d.severity_bands,
+                top_k=d.top_k,
+            ),
+            threshold=model.threshold,
+            features=manifest.features,
+            model=model.ref,
+        )
+        self._pipeline = _Pipeline(decoder, store, detector)
+        self._model_in_use = model
+
+        self._ops = OpsServer(
+            self.registry,
+            host=s.http.host,
+            port=s.http.port,
+            readiness=self.readiness,
+            liveness=self.alive,
+        )
+        await self._ops.start()
+        kafka = client_kwargs(s.kafka)
+        instance = s.instance_id or socket.gethostname()
+        try:
+            self._admin = AIOKafkaAdminClient(**kafka)
+            await self._admin.start()
+            self._producer = AIOKafkaProducer(
+                **kafka,
+                acks="all",
+                enable_idempotence=True,
+                transactional_id=f"plantwatch-{s.input.group_id}-{instance}",
+                linger_ms=5,
+            )
+            await self._producer.start()
+            self._consumer = AIOKafkaConsumer(
+                **kafka,
+                group_id=s.input.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level="read_committed",
+                max_partition_fetch_bytes=max(1_048_576, s.input.max_message_bytes),
+            )
+            self._consumer.subscribe(list(s.input.topics), listener=_Rebalance(self))
+            await self._consumer.start()
+        except KafkaError as exc:
+            await self.stop()
+            raise KafkaUnavailableError(
+                f"cannot reach Kafka at {s.kafka.bootstrap_servers}: {exc}"
+            ) from None
+        if s.delivery.enabled and s.delivery.webhooks:
+            self._notifier = Notifier(s, self.metrics)
+            await self._notifier.start()
+            self._tasks.append(asyncio.create_task(self._notifier.run(self._stop)))
+        self._broker_ok = True
+        self._started = True
+        poll = s.model.reload == "watch"
+        if s.model.reload != "off":
+            self._tasks.append(
+                asyncio.create_task(self.models.watch(s.model.reload_poll_s, poll=poll))
+            )
+        self._tasks.append(asyncio.create_task(self._probe_broker()))
+        logger.info(
+            "consuming %s as group %s from %s",
+            ", ".join(s.input.topics),
+            s.input.group_id,
+            s.kafka.bootstrap_servers,
+        )
+
+    async def run(self) -> None:
+        """Consume until :meth:`request_stop`; then finish the batch in flight and return."""
+        if not self._started:
+            await self.start()
+        self._loop_task = asyncio.current_task()
+        assert self._consumer is not None
+        s = self.settings.input
+        while not self._stop.is_set():
+            batch = await self._consumer.getmany(
+                timeout_ms=s.fetch_timeout_ms, max_records=s.fetch_max_records
+            )
+            if batch:
+                await self._process(batch)
+            self._update_lag()
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to stop after the batch in flight (signal-safe)."""
+        self._stop.set()
+
+    async def stop(self) -> None:
+        """Release everything, in reverse order of start. Idempotent."""
+        self._started = False
+        self._stop.set()
+        if self._notifier is not None:
+            # Let delivery finish the event in flight and commit (bounded by its own deadline).
+            notifier, self._notifier = self._notifier, None
+            await notifier.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+        if self._admin is not None:
+            admin, self._admin = self._admin, None
+            await admin.close()
+        if self._ops is not None:
+            ops, self._ops = self._ops, None
+            await ops.stop()
+
+    async def __aenter__(self) -> Service:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --- health ------------------------------------------------------------------------------
+
+    def readiness(self) -> Mapping[str, bool]:
+        assigned = bool(self._consumer is not None and self._consumer.assignment())
+        checks = {
+            "model_loaded": self.models.loaded,
+            "partitions_assigned": assigned,
+            "broker_reachable": self._broker_ok,
+        }
+        self.metrics.ready.set(1 if all(checks.values()) else 0)
+        return checks
+
+    def alive(self) -> bool:
+        task = self._loop_task
+        return task is None or not task.done() or self._stop.is_set()
+
+    @property
+    def ops_url(self) -> str | None:
+        return self._ops.url if self._ops is not None else None
+
+    async def _probe_broker(self) -> None:
+        while True:
+            assert self._consumer is not None
+            try:
+                await asyncio.wait_for(self._consumer.topics(), timeout=PROBE_INTERVAL_S)
+                ok = True
+            except (KafkaError, TimeoutError):
+                ok = False
+            if ok != self._broker_ok:
+                level = logging.INFO if ok else logging.WARNING
+                logger.log(level, "broker %s", "reachable again" if ok else "unreachable")
+            self._broker_ok = ok
+            self.readiness()
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    # --- rebalancing -------------------------------------------------------------------------
+
+    def _revoke(self, revoked: list[TopicPartition]) -> None:
+        # Every batch commits before the next getmany, so nothing is left to commit here.
+        p = self.pipeline
+        for tp in revoked:
+            assets = self._partition_assets.pop(tp, set())
+            p.detector.forget(assets)
+            self.metrics.forget_assets(assets)
+            p.store.forget_partition(self._slot(tp))
+            self._replay_through.pop(tp, None)
+            self._position.pop(tp, None)
+            self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        if revoked:
+            logger.info("partitions revoked: %s", _tps(revoked))
+
+    async def _assign(self, assigned: list[TopicPartition]) -> None:
+        assert self._admin is not None
+        if not assigned:
+            return
+        committed = await self._admin.list_consumer_group_offsets(
+            self.settings.input.group_id, partitions=list(assigned)
+        )
+        for tp in assigned:
+            meta = committed.get(tp)
+            state = offsets.decode(meta.metadata if meta is not None else None)
+            if state is None:
+                continue
+            self._replay_through[tp] = state.scored_through
+            if state.detector:
+                try:
+                    self.pipeline.detector.restore(state.detector)
+                except DataError as exc:
+                    # E.g. detector.n changed since the commit: alerts open then start over.
+                    logger.warning("%s: alert state not restored (%s)", tp, exc)
+        logger.info(
+            "partitions assigned: %s (%d resume mid-stream)",
+            _tps(assigned),
+            len(self._replay_through),
+        )
+
+    # --- the data path -----------------------------------------------------------------------
+
+    async def _process(
+        self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        p = self.pipeline
+        out = _Outgoing()
+        m = self.metrics
+        last_offset: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            m.messages.labels(tp.topic).inc(len(records))
+            replay_through = self._replay_through.get(tp, -1)
+            assets = self._partition_assets[tp]
+            slot = self._slot(tp)
+            for record in records:
+                replay = record.offset <= replay_through
+                decoded = p.decoder.decode(record.key, record.value)
+                if isinstance(decoded, Rejection):
+                    if not replay:
+                        m.readings.labels("invalid").inc()
+                        self._dead_letter(out, record, decoded.reason.value, decoded.detail)
+                    continue
+                rejected: dict[WindowReject, int] = {}
+                for block in decoded:
+                    n = len(block.ts_ms)
+                    result = p.store.append(
+                        block.asset,
+                        block.ts_ms,
+                        block.values,
+                        np.full(n, record.offset, dtype=np.int64),
+                        slot,
+                    )
+                    assets.add(block.asset)
+                    for reason, count in result.reasons().items():
+                        rejected[reason] = rejected.get(reason, 0) + count
+                    if not replay:
+                        if result.accepted:
+                            m.readings.labels("ok").inc(result.accepted)
+                        if result.carried:
+                            m.data_quality.labels("carried_forward").inc(result.carried)
+                        if result.resets:
+                            m.data_quality.labels("window_reset").inc(result.resets)
+                if rejected and not replay:
+                    for reason, count in rejected.items():
+                        m.readings.labels(_READING_RESULT.get(reason, reason)).inc(count)
+                    detail = ", ".join(f"{n} {r}" for r, n in rejected.items())
+                    self._dead_letter(
+                        out, record, next(iter(rejected)), f"readings rejected: {detail}"
+                    )
+            last_offset[tp] = records[-1].offset
+
+        ready = p.store.collect()
+        if len(ready):
+            await self._score(ready, out)
+        await self._commit(out, last_offset)
+        for tp, offset in last_offset.items():
+            self._position[tp] = offset + 1
+            if self._replay_through.get(tp, -1) <= offset:
+                self._replay_through.pop(tp, None)
+        m.tracked_assets.set(len(p.store))
+
+    async def _score(self, ready: ReadyBatch, out: _Outgoing) -> None:
+        detector = self.pipeline.detector
+        m = self.metrics
+        # Windows that end at a reading scored before the restart only rebuild state.
+        keep = np.ones(len(ready), dtype=bool)
+        if self._replay_through:
+            for tp, through in self._replay_through.items():
+                keep &= ~((ready.partitions == self._slot(tp)) & (ready.offsets <= through))
+        idx = np.flatnonzero(keep)
+        if idx.size == 0:
+            return
+        windows = ready.windows if idx.size == len(ready) else ready.windows[idx]
+        assets = ready.assets if idx.size == len(ready) else [ready.assets[i] for i in idx]
+        ts_ms = ready.ts_ms[idx]
+
+        model = self.models.current
+        if model is not self._model_in_use:
+            detector.set_model(
+                threshold=model.threshold, model=model.ref, features=model.bundle.manifest.features
+            )
+            self._model_in_use = model
+        scores = np.empty(len(idx), dtype=np.float32)
+        errors = np.empty((len(idx), model.bundle.manifest.n_features), dtype=np.float32)
+        for start in range(0, len(idx), MAX_SCORING_BATCH):
+            chunk = windows[start : start + MAX_SCORING_BATCH]
+            t0 = time.perf_counter()
+            result = await asyncio.to_thread(model.scorer.score, chunk)
+            m.scoring_latency.observe(time.perf_counter() - t0)
+            m.scoring_batch_size.observe(len(chunk))
+            scores[start : start + len(chunk)] = result.score
+            errors[start : start + len(chunk)] = result.sensor_error
+        m.windows_scored.inc(len(idx))
+        now_ms = time.time() * 1000.0
+        for lag_ms in (now_ms - ts_ms).tolist():
+            m.end_to_end_latency.observe(max(lag_ms, 0.0) / 1000.0)
+        latest = dict(zip(assets, scores.tolist(), strict=True))
+        for asset, score in latest.items():
+            m.set_asset_score(asset, score)
+        if self.settings.scores.topic:
+            out.scores.extend(_score_messages(assets, ts_ms, scores))
+
+        events = detector.observe(assets, ts_ms, scores, errors)
+        for event in events:
+            m.alert_events.labels(event.event.value, event.severity.value).inc()
+            logger.info(
+                "alert %s %s asset=%s score=%.4g peak=%.4g severity=%s top=%s",
+                event.alert_id,
+                event.event.value,
+                event.asset,
+                event.score,
+                event.peak_score,
+                event.severity.value,
+                ",".join(f"{s.sensor}:{s.share:.0%}" for s in event.top_sensors),
+            )
+        m.open_alerts.set(detector.open_alerts())
+        out.alerts.extend(events)
+
+    def _dead_letter(
+        self, out: _Outgoing, record: ConsumerRecord[bytes, bytes], reason: str, detail: str
+    ) -> None:
+        self.metrics.dead_letters.labels(reason).inc()
+        headers = [
+            ("plantwatch.reason", reason.encode()),
+            ("plantwatch.detail", detail.encode()[:1000]),
+            ("plantwatch.topic", record.topic.encode()),
+            ("plantwatch.partition", str(record.partition).encode()),
+            ("plantwatch.offset", str(record.offset).encode()),
+            ("plantwatch.timestamp", str(record.timestamp).encode()),
+        ]
+        out.dead_letters.append((record.key, record.value or b"", headers))
+
+    async def _commit(self, out: _Outgoing, last_offset: Mapping[TopicPartition, int]) -> None:
+        assert self._producer is not None
+        p = self.pipeline
+        s = self.settings
+        needed = p.store.min_needed_offsets()
+        commits: dict[TopicPartition, tuple[int, str]] = {}
+        for tp, last in last_offset.items():
+            start = min(needed.get(self._slot(tp), last + 1), last + 1)
+            through = max(last, self._replay_through.get(tp, -1))
+            commits[tp] = (start, self._commit_metadata(tp, through))
+        try:
+            async with self._producer.transaction():
+                for event in out.alerts:
+                    await self._producer.send(
+                        s.alerts.topic, event.to_json(), key=event.asset.encode()
+                    )
+                if s.scores.topic:
+                    for asset, doc in out.scores:
+                        await self._producer.send(s.scores.topic, doc, key=asset)
+                for dl_key, dl_value, headers in out.dead_letters:
+                    await self._producer.send(
+                        s.input.dead_letter_topic, dl_value, key=dl_key, headers=headers
+                    )
+                await self._producer.send_offsets_to_transaction(commits, s.input.group_id)
+        except KafkaError as exc:
+            raise KafkaUnavailableError(f"could not commit a batch transaction: {exc}") from exc
+
+    def _commit_metadata(self, tp: TopicPartition, through: int) -> str:
+        """The fullest detector state that fits in Kafka's commit metadata limit."""
+        detector = self.pipeline.detector
+        assets = self._partition_assets.get(tp, set())
+        limit = self.settings.kafka.offset_metadata_max_bytes
+        for history in (True, False):
+            state = offsets.CommitState(through, detector.snapshot(assets, history=history) or None)
+            text = offsets.encode(state, limit=limit)
+            if text is not None:
+                if not history:
+                    logger.debug("%s: k-of-n histories left out of the commit (too large)", tp)
+                return text
+        logger.warning(
+            "%s: alert state of %d assets does not fit in %d bytes of commit metadata; "
+            "committed without it (raise offset.metadata.max.bytes on the brokers)",
+            tp,
+            len(assets),
+            limit,
+        )
+        text = offsets.encode(offsets.CommitState(through), limit=limit)
+        assert text is not None  # a bare offset always fits
+        return text
+
+    def _slot(self, tp: TopicPartition) -> int:
+        slot = self._slots.get(tp)
+        if slot is None:
+            slot = self._slots[tp] = len(self._slots)
+        return slot
+
+    def _update_lag(self) -> None:
+        if self._consumer is None:
+            return
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            position = self._position.get(tp)
+            if high is not None and position is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(high - position, 0)
+                )
+
+
+#: Window-store rejection reasons as ``plantwatch_readings_total{result=...}``.
+_READING_RESULT = {"out_of_order": "late", "duplicate_timestamp": "duplicate"}
+
+
+def _score_messages(
+    assets: list[str], ts_ms: npt.NDArray[np.int64], scores: npt.NDArray[np.float32]
+) -> list[tuple[bytes, bytes]]:
+    """One ``{"asset", "ts", "score"}`` message per asset of a scored batch."""
+    by_asset: dict[str, list[int]] = defaultdict(list)
+    for i, asset in enumerate(assets):
+        by_asset[asset].append(i)
+    messages = []
+    for asset, idx in by_asset.items():
+        doc = {"asset": asset, "ts": ts_ms[idx].tolist(), "score": scores[idx].tolist()}
+        messages.append((asset.encode(), json.dumps(doc, separators=(",", ":")).encode()))
+    return messages
+
+
+def _tps(tps: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps))
+
+
+async def serve(settings: Settings, *, registry: CollectorRegistry | None = None) -> Service:
+    """Start a service (tests and the CLI use this)."""
+    service = Service(settings, registry=registry)
+    try:
+        await service.start()
+    except PlantwatchError:
+        await service.stop()
+        raise
+    return service

@@ -1,0 +1,112 @@
+"""Helpers for tests that run the monitor against the real local Kafka broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry
+
+from monitor.config import Settings
+from monitor.events import AlertEvent
+from monitor.service import Service
+
+
+def settings_for(
+    bootstrap: str, bundle: Path, *, readings: str, alerts: str, dead_letter: str, **extra: Any
+) -> Settings:
+    doc: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": bootstrap},
+        "input": {
+            "topics": [readings],
+            "group_id": f"pw-test-{uuid.uuid4().hex[:8]}",
+            "dead_letter_topic": dead_letter,
+            "fetch_timeout_ms": 50,
+        },
+        "model": {"path": str(bundle), "device": "cpu", "reload": "off"},
+        "alerts": {"topic": alerts},
+        "delivery": {"enabled": False},
+        "http": {"host": "127.0.0.1", "port": 0},
+        "instance_id": f"test-{uuid.uuid4().hex[:8]}",
+    }
+    for section, values in extra.items():
+        if isinstance(values, dict):
+            doc.setdefault(section, {}).update(values)
+        else:
+            doc[section] = values
+    return Settings.model_validate(doc)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Service]:
+    """A started service consuming in a background task; stopped gracefully on exit."""
+    service = Service(settings, registry=CollectorRegistry())
+    await service.start()
+    task = asyncio.create_task(service.run())
+    try:
+        yield service
+    finally:
+        service.request_stop()
+        try:
+            await asyncio.wait_for(task, timeout=30)
+        finally:
+            await service.stop()
+        if task.done() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+def sample(service: Service, name: str, labels: dict[str, str] | None = None) -> float:
+    value = service.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+async def wait_for(
+    predicate: Callable[[], bool], *, within: float, what: str, interval: float = 0.1
+) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within:g}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def wait_consumed(service: Service, topic: str, messages: int, within: float = 120) -> None:
+    await wait_for(
+        lambda: sample(service, "plantwatch_messages_total", {"topic": topic}) >= messages,
+        within=within,
+        what=f"{messages} messages of {topic} to be consumed",
+    )
+
+
+async def read_topic(bootstrap: str, topic: str, *, idle_s: float = 1.5) -> list[Any]:
+    """Every committed record of ``topic``, read until nothing new arrives for ``idle_s``."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle_s:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+            if batch:
+                quiet_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def read_alerts(bootstrap: str, topic: str) -> list[AlertEvent]:
+    return [AlertEvent.from_json(r.value) for r in await read_topic(bootstrap, topic)]

@@ -1,0 +1,202 @@
+"""serve's dead-letter path, metrics and readiness, against the real local Kafka broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pandas as pd
+import pytest
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.bundle import load_bundle
+from monitor.records import encode_binary, encode_json_reading
+from monitor.service import Service
+from tests.harness import read_topic, running, sample, settings_for, wait_consumed
+from training.simulator import PlantConfig, PlantSimulator
+
+pytestmark = [pytest.mark.kafka]
+
+NewTopic = Callable[..., Awaitable[str]]
+ASSET = "pump-01"
+
+
+def _good_readings(n: int) -> tuple[list[int], list[dict[str, float]]]:
+    sim = PlantSimulator(PlantConfig(n_pumps=1, n_compressors=0, duration_s=n, n_faults=0, seed=5))
+    frame = next(sim.chunks(chunk_steps=n))
+    epoch = pd.Timestamp(0, tz="UTC")
+    ts = ((frame["timestamp"] - epoch) // pd.Timedelta(milliseconds=1)).tolist()
+    values = frame[list(sim.sensors)].to_dict("records")
+    return ts, values
+
+
+def _bad_records(ts: int, values: dict[str, float], features: tuple[str, ...]) -> dict[str, bytes]:
+    """One message per way a record can be bad, all keyed by ASSET (same partition)."""
+    reading = {"asset": ASSET, "ts": ts, "values": values}
+
+    def js(doc: object) -> bytes:
+        return json.dumps(doc).encode()
+
+    wrong_features = tuple(reversed(features))
+    return {
+        "undecodable": b"\x00not json at all",
+        "oversized": js({**reading, "pad": "x" * 5000}),
+        "wrong_type": js({**reading, "values": {**values, "flow": "high"}}),
+        "missing_sensor": js(
+            {**reading, "values": {k: v for k, v in values.items() if k != "flow"}}
+        ),
+        "unknown_sensor": js({**reading, "values": {**values, "color": 1.0}}),
+        "non_finite": js({**reading, "values": {**values, "flow": float("nan")}}),
+        "unknown_asset": js({**reading, "asset": "boiler-9"}),
+        "bad_timestamp": js({**reading, "ts": "yesterday"}),
+        "key_mismatch": js({**reading, "asset": "pump-02"}),
+        "out_of_order": js([{**reading, "ts": ts + 2}, {**reading, "ts": ts + 1}]),
+        "schema_mismatch": encode_binary(
+            ASSET,
+            wrong_features,
+            np.array([ts], dtype=np.int64),
+            np.zeros((1, len(features)), dtype=np.float32),
+        ),
+    }
+
+
+async def test_bad_input_is_dead_lettered_and_good_readings_keep_flowing(
+    kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path
+) -> None:
+    features = load_bundle(plant_bundle).manifest.features
+    readings, alerts, dlq = [await new_topic(partitions=1) for _ in range(3)]
+    ts, values = _good_readings(300)
+    settings = settings_for(
+        kafka_bootstrap,
+        plant_bundle,
+        readings=readings,
+        alerts=alerts,
+        dead_letter=dlq,
+        input={"asset_patterns": ["pump-*", "compressor-*"], "max_message_bytes": 4096},
+    )
+    bad = _bad_records(ts[150], values[150], features)
+    sent: list[tuple[str, bytes]] = []
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        # Good readings with every bad kind interleaved after the first full window, plus a
+        # duplicate and a late reading of the same asset.
+        bad_at = {40 + 20 * i: name for i, name in enumerate(bad)}
+        for i, (t, v) in enumerate(zip(ts, values, strict=True)):
+            if i in bad_at:
+                sent.append((bad_at[i], bad[bad_at[i]]))
+            sent.append(("ok", encode_json_reading(ASSET, t, v)))
+            if i == 260:
+                sent.append(("duplicate_timestamp", encode_json_reading(ASSET, t, v)))
+                sent.append(("out_of_order_late", encode_json_reading(ASSET, ts[100], v)))
+        for _, value in sent:
+            await producer.send(readings, value, key=ASSET.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    async with running(settings) as service:
+        url = service.ops_url
+        assert url is not None
+        async with aiohttp.ClientSession() as http:
+            await wait_consumed(service, readings, len(sent))
+            async with http.get(f"{url}/readyz") as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["checks"]["partitions_assigned"] is True
+            async with http.get(f"{url}/healthz") as resp:
+                assert resp.status == 200
+            async with http.get(f"{url}/metrics") as resp:
+                text = await resp.text()
+        ok = sample(service, "plantwatch_readings_total", {"result": "ok"})
+        scored = sample(service, "plantwatch_windows_scored_total")
+
+    # All good readings were accepted and scored despite the bad ones between them.
+    assert ok == len(ts)
+    assert scored == len(ts) - 31
+
+    records = await read_topic(kafka_bootstrap, dlq)
+    reasons = [dict(r.headers)["plantwatch.reason"].decode() for r in records]
+    expected = {name: payload for name, payload in sent if name != "ok"}
+    assert len(records) == len(expected), reasons
+    by_value = {r.value: r for r in records}
+    for name, payload in expected.items():
+        record = by_value[payload]  # the original bytes, untouched
+        headers = dict(record.headers)
+        reason = headers["plantwatch.reason"].decode()
+        want = "out_of_order" if name == "out_of_order_late" else name
+        assert reason == want, (name, headers["plantwatch.detail"])
+        assert headers["plantwatch.topic"].decode() == readings
+        assert int(headers["plantwatch.offset"]) >= 0
+        assert record.key == ASSET.encode()
+        assert headers["plantwatch.detail"]
+
+    # /metrics parses, and its counters match what was sent.
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    dead = Counter(
+        {
+            s.labels["reason"]: s.value
+            for s in families["plantwatch_dead_letter"].samples
+            if s.name.endswith("_total")
+        }
+    )
+    assert sum(dead.values()) == len(expected)
+    assert dead["out_of_order"] == 2
+    readings_by_result = {
+        s.labels["result"]: s.value
+        for s in families["plantwatch_readings"].samples
+        if s.name.endswith("_total")
+    }
+    assert readings_by_result["ok"] == len(ts)
+    assert readings_by_result["duplicate"] == 1
+    assert readings_by_result["late"] == 1
+    assert readings_by_result["invalid"] == len(bad)
+    info = families["plantwatch_model_info"].samples[0].labels
+    assert info["provider"] == "CPUExecutionProvider"
+
+
+async def test_readyz_needs_assigned_partitions(
+    kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path
+) -> None:
+    readings, alerts, dlq = [await new_topic(partitions=1) for _ in range(3)]
+    settings = settings_for(
+        kafka_bootstrap, plant_bundle, readings=readings, alerts=alerts, dead_letter=dlq
+    )
+
+    async def readyz(http: aiohttp.ClientSession, service: Service) -> tuple[int, dict[str, Any]]:
+        async with http.get(f"{service.ops_url}/readyz") as resp:
+            return resp.status, await resp.json()
+
+    # Started, but run() has not joined the group yet: not ready.
+    async with Service(settings, registry=CollectorRegistry()) as service:
+        async with aiohttp.ClientSession() as http:
+            status, body = await readyz(http, service)
+        assert status == 503
+        assert body["checks"] == {
+            "model_loaded": True,
+            "partitions_assigned": False,
+            "broker_reachable": True,
+        }
+        assert sample(service, "plantwatch_ready") == 0
+
+    # Consuming: ready once the group assigned the partition.
+    async with running(settings) as service, aiohttp.ClientSession() as http:
+        statuses: list[int] = []
+
+        async def is_ready() -> bool:
+            statuses.append((await readyz(http, service))[0])
+            return statuses[-1] == 200
+
+        for _ in range(150):
+            if await is_ready():
+                break
+            await asyncio.sleep(0.1)
+        assert statuses[-1] == 200, statuses
+        assert sample(service, "plantwatch_ready") == 1

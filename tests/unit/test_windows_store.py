@@ -1,0 +1,426 @@
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from monitor.windows import AppendResult, ReadyBatch, WindowStore
+
+I = 1000  # noqa: E741 - the sampling interval, as in the docs
+
+
+def arrays(
+    ts: list[int], values: np.ndarray | None = None, offsets: list[int] | None = None, f: int = 2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = np.asarray(ts, dtype=np.int64)
+    if values is None:
+        values = np.stack([t.astype(np.float32) + k / 10 for k in range(f)], axis=1)
+    o = np.asarray(offsets if offsets is not None else ts, dtype=np.int64)
+    return t, np.asarray(values, dtype=np.float32).reshape(len(ts), -1), o
+
+
+def put(store: WindowStore, asset: str, ts: list[int], partition: int = 0, **kw: Any) -> Any:
+    t, v, o = arrays(ts, f=store.n_features, **kw)
+    return store.append(asset, t, v, o, partition)
+
+
+# -- the reference model: a plain per-asset list, one reading at a time -------------------------
+
+
+@dataclass
+class RefAsset:
+    partition: int
+    run: list[tuple[np.ndarray, int]] = field(default_factory=list)  # (values, offset)
+    last_ts: int | None = None
+    since: int | None = None  # real readings since the last scored one; None: none scored yet
+
+
+class Reference:
+    def __init__(self, *, length: int, interval_ms: int, max_gap_steps: int, stride: int,
+                 max_assets: int, overflow: str, gap_tolerance: float) -> None:  # fmt: skip
+        self.L, self.I, self.max_gap, self.stride = length, interval_ms, max_gap_steps, stride
+        self.cap, self.overflow, self.tol = max_assets, overflow, gap_tolerance
+        self.assets: dict[str, RefAsset] = {}  # insertion order = least recently updated first
+        self.pending: list[tuple[str, np.ndarray, int, int, int, int]] = []
+        self.evictions = 0
+
+    def append(
+        self, asset: str, ts: list[int], values: np.ndarray, offsets: list[int], partition: int
+    ) -> AppendResult:
+        if not ts:
+            return AppendResult(0)
+        a = self.assets.get(asset)
+        if a is None:
+            if len(self.assets) >= self.cap:
+                if self.overflow == "reject":
+                    return AppendResult(0, asset_limit=len(ts))
+                del self.assets[next(iter(self.assets))]
+                self.evictions += 1
+            a = self.assets[asset] = RefAsset(partition)
+        a.partition = partition
+        accepted = dup = ooo = carried = resets = ready = 0
+        for t, v, o in zip(ts, values, offsets, strict=True):
+            if a.last_ts is not None and t <= a.last_ts:
+                dup += t == a.last_ts
+                ooo += t < a.last_ts
+                continue
+            accepted += 1
+            if a.last_ts is not None and t - a.last_ts > (1 + self.tol) * self.I:
+                missing = max(1, math.floor(Fraction(t - a.last_ts, self.I) + Fraction(1, 2)) - 1)
+                if missing > self.max_gap:
+                    a.run, a.since = [], None
+                    resets += 1
+                else:
+                    a.run.extend([a.run[-1]] * missing)
+                    carried += missing
+            a.run.append((v, o))
+            a.last_ts = t
+            if a.since is not None:
+                a.since += 1
+            if len(a.run) >= self.L and (a.since is None or a.since >= self.stride):
+                win = a.run[-self.L :]
+                self.pending.append(
+                    (asset, np.stack([w[0] for w in win]), t, partition, o, win[0][1])
+                )
+                a.since = 0
+                ready += 1
+        if accepted:
+            self.assets[asset] = self.assets.pop(asset)
+        return AppendResult(accepted, dup, ooo, 0, carried, resets, ready)
+
+    def min_needed_offset(self, partition: int) -> int | None:
+        needed = [
+            a.run[-min(len(a.run), self.L - 1) :][0][1]
+            for a in self.assets.values()
+            if a.partition == partition
+        ]
+        return min(needed, default=None)
+
+    def forget_partition(self, partition: int) -> int:
+        gone = [name for name, a in self.assets.items() if a.partition == partition]
+        for name in gone:
+            del self.assets[name]
+        self.pending = [p for p in self.pending if p[3] != partition]
+        return len(gone)
+
+    def collect(self) -> list[tuple[str, np.ndarray, int, int, int, int]]:
+        out, self.pending = self.pending, []
+        return out
+
+
+def assert_same(
+    batch: ReadyBatch, expected: list[tuple[str, np.ndarray, int, int, int, int]]
+) -> None:
+    assert len(batch) == len(expected)
+    assert batch.windows.dtype == np.float32
+    assert batch.windows.flags.c_contiguous
+    assert batch.assets == [e[0] for e in expected]
+    assert batch.ts_ms.tolist() == [e[2] for e in expected]
+    assert batch.partitions.tolist() == [e[3] for e in expected]
+    assert batch.offsets.tolist() == [e[4] for e in expected]
+    assert batch.first_offsets.tolist() == [e[5] for e in expected]
+    if expected:
+        np.testing.assert_array_equal(batch.windows, np.stack([e[1] for e in expected]))
+
+
+STEPS = [I, I, I, I, I - I // 4, I + I // 4, I * 3 // 2, I * 3 // 2 + 1, 2 * I, 3 * I, 4 * I,
+         5 * I, 9 * I]  # fmt: skip
+BACKS = [0, 0, 0, 0, I, 2 * I, 3 * I + 7]
+
+step = st.sampled_from(STEPS)
+append_op = st.tuples(
+    st.just("append"),
+    st.sampled_from([0, 0, 0, 1, 1, 2, 3, 4]),  # asset; 3 and 4 mostly press on the cap
+    # Steps between readings: often a single reading (the service's common case), or a block.
+    st.one_of(st.lists(step, min_size=1, max_size=1), st.lists(step, max_size=12)),
+    st.sampled_from(BACKS),  # how far the block starts before the asset's latest timestamp
+    st.integers(0, 2),  # partition (mostly stable per asset, see below)
+    st.booleans(),  # one offset for the whole block (a batch message) or one per reading
+)
+other_op = st.one_of(
+    st.tuples(st.just("collect")),
+    st.tuples(st.just("offsets")),
+    st.tuples(st.just("forget"), st.integers(0, 2)),
+)
+params = st.fixed_dictionaries(
+    {
+        "length": st.integers(2, 5),
+        "n_features": st.integers(1, 3),
+        "interval_ms": st.just(I),
+        "max_gap_steps": st.integers(0, 3),
+        "stride": st.integers(1, 3),
+        "max_assets": st.integers(1, 5),
+        "overflow": st.sampled_from(["reject", "evict_idle"]),
+        "gap_tolerance": st.sampled_from([0.5, 0.25, 1.0]),
+    }
+)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    p=params,
+    slab_size=st.integers(1, 3),
+    ops=st.lists(st.one_of(append_op, append_op, append_op, other_op), min_size=20, max_size=80),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_matches_reference_model(
+    p: dict[str, Any], slab_size: int, ops: list[Any], seed: int
+) -> None:
+    store = WindowStore(**p, slab_size=slab_size)
+    ref = Reference(**{k: v for k, v in p.items() if k != "n_features"})
+    rng = np.random.default_rng(seed)
+    cursor: dict[int, int] = {}
+    next_offset = [0, 0, 0]
+    for op in ops:
+        if op[0] == "append":
+            _, a, steps, back, part_pick, one_offset = op
+            # Assets usually stay on one partition; part_pick == 2 moves asset 0 around.
+            part = part_pick if a == 0 else a % 2
+            t = cursor.get(a, 10 * I) - back
+            ts = []
+            for s in steps:
+                t += s
+                ts.append(t)
+            if ts:
+                cursor[a] = max(cursor.get(a, 0), ts[-1])
+            n = len(ts)
+            values = rng.standard_normal((n, p["n_features"])).astype(np.float32)
+            base = next_offset[part]
+            offsets = [base] * n if one_offset else list(range(base, base + n))
+            next_offset[part] += n + 1
+            got = store.append(
+                f"a{a}",
+                np.asarray(ts, dtype=np.int64),
+                values,
+                np.asarray(offsets, dtype=np.int64),
+                part,
+            )
+            assert got == ref.append(f"a{a}", ts, values, offsets, part)
+        elif op[0] == "collect":
+            assert_same(store.collect(), ref.collect())
+        elif op[0] == "offsets":
+            for part in range(3):
+                assert store.min_needed_offset(part) == ref.min_needed_offset(part)
+            expected = {q: ref.min_needed_offset(q) for q in range(3)}
+            assert store.min_needed_offsets() == {
+                q: v for q, v in expected.items() if v is not None
+            }
+        else:
+            assert store.forget_partition(op[1]) == ref.forget_partition(op[1])
+        assert len(store) == len(ref.assets) <= p["max_assets"]
+        assert store.pending == len(ref.pending)
+    assert store.stats().evictions == ref.evictions
+    assert_same(store.collect(), ref.collect())
+
+
+# -- examples --------------------------------------------------------------------------------
+
+
+def test_one_block_makes_every_window_ready() -> None:
+    store = WindowStore(length=8, n_features=3, interval_ms=I)
+    ts = [k * I for k in range(100)]
+    t, v, o = arrays(ts, f=3)
+    assert store.append("p1", t, v, o, 4) == AppendResult(100, ready=93)
+    batch = store.collect()
+    assert batch.windows.shape == (93, 8, 3)
+    np.testing.assert_array_equal(batch.windows[0], v[:8])
+    np.testing.assert_array_equal(batch.windows[-1], v[-8:])
+    assert batch.ts_ms.tolist() == ts[7:]
+    assert batch.first_offsets.tolist() == ts[:93]
+    assert set(batch.partitions.tolist()) == {4}
+    assert len(store.collect()) == 0
+
+
+def test_single_readings_and_blocks_agree() -> None:
+    a = WindowStore(length=4, n_features=2, interval_ms=I)
+    b = WindowStore(length=4, n_features=2, interval_ms=I)
+    ts = [k * I for k in range(20)]
+    for t in ts:
+        put(a, "x", [t])
+    put(b, "x", ts[:3])
+    put(b, "x", ts[3:11])
+    put(b, "x", ts[11:])
+    wa, wb = a.collect(), b.collect()
+    assert len(wa) == 17
+    np.testing.assert_array_equal(wa.windows, wb.windows)
+    assert wa.first_offsets.tolist() == wb.first_offsets.tolist()
+
+
+def test_collected_batch_survives_later_appends() -> None:
+    store = WindowStore(length=2, n_features=1, interval_ms=I)
+    put(store, "x", [0, I])
+    batch = store.collect()
+    before = batch.windows.copy()
+    put(store, "x", [k * I for k in range(2, 50)])
+    np.testing.assert_array_equal(batch.windows, before)
+
+
+def test_stride_counts_real_readings_from_the_first_full_window() -> None:
+    store = WindowStore(length=3, n_features=1, interval_ms=I, stride=2)
+    ready = [put(store, "x", [k * I]).ready for k in range(9)]
+    # Readings 0-1 fill the window; reading 2 completes it and scores, then every 2nd.
+    assert ready == [0, 0, 1, 0, 1, 0, 1, 0, 1]
+    assert store.collect().ts_ms.tolist() == [2 * I, 4 * I, 6 * I, 8 * I]
+
+
+def test_carried_readings_fill_the_window_but_do_not_score() -> None:
+    store = WindowStore(length=4, n_features=1, interval_ms=I, max_gap_steps=2)
+    put(store, "x", [0, I, 2 * I], offsets=[10, 11, 12])
+    got = put(store, "x", [5 * I], offsets=[13])  # 2 missing readings, carried forward
+    assert got == AppendResult(1, carried=2, ready=1)
+    batch = store.collect()
+    # The window ends with the real reading; the two carried ones repeat the value at 2·I and
+    # carry its offset.
+    assert batch.windows[:, :, 0].tolist() == [[2000.0, 2000.0, 2000.0, 5000.0]]
+    assert batch.first_offsets.tolist() == [12]
+    assert store.min_needed_offset(0) == 12  # the carried readings need offset 12 to rebuild
+
+
+def test_long_gap_resets_the_window() -> None:
+    store = WindowStore(length=3, n_features=1, interval_ms=I, max_gap_steps=1)
+    put(store, "x", [0, I, 2 * I])
+    got = put(store, "x", [10 * I, 11 * I])
+    assert got == AppendResult(2, resets=1)
+    assert got.reset
+    assert put(store, "x", [12 * I]).ready == 1
+    assert store.collect().ts_ms.tolist() == [2 * I, 12 * I]
+    assert store.stats().resets == 1
+
+
+@pytest.mark.parametrize(
+    ("dt", "carried", "resets"),
+    [
+        (1500, 0, 0),  # exactly 1.5 intervals: jitter, not a gap
+        (1501, 1, 0),  # rounds to 2 steps: one missing reading
+        (2499, 1, 0),
+        (2500, 2, 0),  # halves round up
+        (4000, 3, 0),
+        (4500, 0, 1),  # 4 missing > max_gap_steps
+    ],
+)
+def test_gap_rounding(dt: int, carried: int, resets: int) -> None:
+    store = WindowStore(length=2, n_features=1, interval_ms=I, max_gap_steps=3)
+    put(store, "x", [0])
+    got = put(store, "x", [dt])
+    assert (got.carried, got.resets) == (carried, resets)
+
+
+def test_duplicate_and_out_of_order_readings_are_a_dropped_prefix() -> None:
+    store = WindowStore(length=2, n_features=1, interval_ms=I)
+    put(store, "x", [0, I, 2 * I])
+    got = put(store, "x", [0, I, 2 * I, 3 * I, 4 * I])
+    assert got == AppendResult(2, duplicate_timestamp=1, out_of_order=2, ready=2)
+    assert got.reasons() == {"duplicate_timestamp": 1, "out_of_order": 2}
+    assert put(store, "x", [4 * I]) == AppendResult(0, duplicate_timestamp=1)
+    assert put(store, "x", [I]) == AppendResult(0, out_of_order=1)
+    s = store.stats()
+    assert (s.rejected_duplicate_timestamp, s.rejected_out_of_order) == (2, 3)
+
+
+def test_asset_cap_reject() -> None:
+    store = WindowStore(length=2, n_features=1, interval_ms=I, max_assets=2)
+    put(store, "a", [0])
+    put(store, "b", [0])
+    got = put(store, "c", [0, I])
+    assert got == AppendResult(0, asset_limit=2)
+    assert got.reasons() == {"asset_limit": 2}
+    assert "c" not in store
+    assert put(store, "a", [I]).ready == 1  # known assets keep working
+    assert store.stats().rejected_asset_limit == 2
+
+
+def test_asset_cap_evicts_least_recently_updated() -> None:
+    store = WindowStore(length=2, n_features=1, interval_ms=I, max_assets=2, overflow="evict_idle")
+    put(store, "a", [0])
+    put(store, "b", [0])
+    put(store, "a", [I])  # b is now the idle one
+    put(store, "c", [0])
+    assert ("a" in store, "b" in store, "c" in store) == (True, False, True)
+    assert store.stats().evictions == 1
+    # b comes back evicting a, and starts a fresh window.
+    assert put(store, "b", [I]).ready == 0
+    assert "a" not in store
+    assert store.stats().evictions == 2
+
+
+def test_min_needed_offset_and_forget_partition() -> None:
+    store = WindowStore(length=4, n_features=1, interval_ms=I)
+    put(store, "a", [0, I, 2 * I, 3 * I, 4 * I], partition=0, offsets=[1, 2, 3, 4, 5])
+    put(store, "b", [0], partition=0, offsets=[7])
+    put(store, "c", [0, I], partition=1, offsets=[20, 21])
+    assert store.min_needed_offset(0) == 3  # a keeps its last 3 readings: offsets 3, 4, 5
+    assert store.min_needed_offset(1) == 20
+    assert store.min_needed_offset(2) is None
+    assert store.min_needed_offsets() == {0: 3, 1: 20}
+    put(store, "b", [I, 2 * I, 3 * I, 4 * I], partition=0, offsets=[8, 9, 10, 11])
+    assert store.min_needed_offset(0) == 3
+    put(store, "a", [5 * I], partition=0, offsets=[12])
+    assert store.min_needed_offset(0) == 4
+    put(store, "c", [2 * I], partition=0, offsets=[13])  # c is counted on its last partition
+    assert store.min_needed_offset(1) is None
+    assert store.min_needed_offset(0) == 4
+    assert store.pending == 5
+    assert store.forget_partition(0) == 3
+    assert len(store) == 0
+    assert store.pending == 0  # a's windows went with the partition
+    assert store.min_needed_offset(0) is None
+
+
+def test_forget_partition_keeps_other_pending_windows() -> None:
+    store = WindowStore(length=2, n_features=1, interval_ms=I)
+    put(store, "a", [0, I, 2 * I], partition=0)
+    put(store, "b", [0, I], partition=1)
+    put(store, "a", [3 * I], partition=0)
+    store.forget_partition(0)
+    batch = store.collect()
+    assert batch.assets == ["b"]
+    assert batch.ts_ms.tolist() == [I]
+    # The freed slot is reused.
+    put(store, "c", [0])
+    assert store.stats().slabs == 1
+
+
+def test_memory_grows_by_slabs() -> None:
+    L, F, S = 64, 16, 4
+    store = WindowStore(length=L, n_features=F, interval_ms=I, slab_size=S)
+    assert store.nbytes == 0
+    per_asset = 2 * L * F * 4 + L * 8
+    for k in range(S + 1):
+        put(store, f"a{k}", [0])
+    assert store.stats().slabs == 2
+    assert store.nbytes == 2 * S * per_asset
+    store.reset()
+    assert (len(store), store.nbytes, store.pending) == (0, 0, 0)
+
+
+def test_pending_grows_past_initial_capacity() -> None:
+    store = WindowStore(length=2, n_features=1, interval_ms=I)
+    ts = [k * I for k in range(1001)]
+    put(store, "x", ts[:600])
+    put(store, "x", ts[600:])
+    batch = store.collect()
+    assert len(batch) == 1000
+    assert batch.windows[:, 1, 0].tolist() == [float(t) for t in ts[1:]]
+
+
+def test_bad_arguments_raise_value_error() -> None:
+    with pytest.raises(ValueError, match="length"):
+        WindowStore(length=1, n_features=1, interval_ms=I)
+    with pytest.raises(ValueError, match="overflow"):
+        WindowStore(length=2, n_features=1, interval_ms=I, overflow="drop")  # type: ignore[arg-type]
+    store = WindowStore(length=2, n_features=2, interval_ms=I)
+    t, v, o = arrays([0, I], f=2)
+    with pytest.raises(ValueError, match=r"\[n, 2\]"):
+        store.append("x", t, v[:, :1], o, 0)
+    with pytest.raises(ValueError, match="float32"):
+        store.append("x", t, v.astype(np.float64), o, 0)
+    with pytest.raises(ValueError, match="increase"):
+        store.append("x", t[::-1].copy(), v, o, 0)
+    assert store.append("x", t[:0], v[:0], o[:0], 0) == AppendResult(0)
+    assert "x" not in store

@@ -10,10 +10,10 @@ DEMO   := .demo
 TORCH  ?= torch==2.13.0
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install java kafka-install kafka-start kafka-stop lint typecheck pytest test demo clean
+.PHONY: help install java kafka-install kafka-start kafka-stop lint typecheck pytest test demo demo-steps clean
 
 help:
-	@echo "make demo   simulate a plant, train a model bundle, inspect it"
+	@echo "make demo   simulate a plant, train a bundle, monitor a live faulty stream with serve"
 	@echo "make test   lint, type checks and the whole test suite against a local Kafka"
 
 $(BIN)/python:
@@ -60,15 +60,27 @@ test: install kafka-install
 	[ $$was_running = 1 ] || $(KAFKA) stop; \
 	exit $$status
 
-demo: install
+# The whole path on a simulated plant: normal history -> bundle -> live stream with faults ->
+# serve -> alerts on Kafka and a webhook. Stops everything it started.
+demo: install kafka-install
+	@was_running=0; $(KAFKA) status >/dev/null 2>&1 && was_running=1; \
+	$(KAFKA) start || exit 1; \
+	status=0; $(MAKE) --no-print-directory demo-steps || status=$$?; \
+	[ $$was_running = 1 ] || $(KAFKA) stop; \
+	exit $$status
+
+demo-steps:
 	@mkdir -p $(DEMO)
 	$(BIN)/plantwatch simulate --out $(DEMO)/normal.parquet --pumps 4 --compressors 2 \
-	  --duration 12h --faults 0 --seed 1
+	  --duration 12h --faults 0 --seed 1 --plant-seed 1
 	$(BIN)/plantwatch train --data $(DEMO)/normal.parquet --out $(DEMO)/bundle \
 	  --model dense --window 32 --epochs 40 --no-progress --name demo-plant
 	$(BIN)/plantwatch inspect $(DEMO)/bundle
 	@echo
 	@echo "bundle: $(DEMO)/bundle   report: $(DEMO)/bundle/report/summary.md"
+	@echo
+	$(BIN)/python deploy/local/demo.py --bundle $(DEMO)/bundle --workdir $(DEMO) \
+	  --pumps 4 --compressors 2 --plant-seed 1 --hours 3
 
 clean:
 	rm -rf $(DEMO) .mypy_cache .ruff_cache .pytest_cache

@@ -101,7 +101,13 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--duration", type=duration, default=86_400.0, help="e.g. 6h, 2d")
     p.add_argument("--interval", type=duration, default=1.0, help="sampling interval")
     p.add_argument("--start", default="2026-01-01T00:00:00Z", help="first timestamp (ISO-8601)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="randomness of this period")
+    p.add_argument(
+        "--plant-seed",
+        type=int,
+        help="the machines' physical parameters (default: --seed); keep it to simulate the "
+        "same plant on another day",
+    )
     p.add_argument(
         "--faults", type=int, default=None, help="exact number of fault episodes (0: normal only)"
     )
@@ -137,6 +143,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         start=args.start,
         duration_s=args.duration,
         seed=args.seed,
+        plant_seed=args.plant_seed,
         fault_kinds=args.fault_kinds or FAULT_KINDS,
         faults_per_asset_day=args.fault_rate,
         n_faults=args.faults,

@@ -19,6 +19,7 @@ with ``isolation_level="read_committed"``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -251,6 +252,13 @@ class Service:
         """Release everything, in reverse order of start. Idempotent."""
         self._started = False
         self._stop.set()
+        loop_task = self._loop_task
+        if loop_task is not None and loop_task is not asyncio.current_task():
+            # Let run() finish the batch in flight and commit before the clients close.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(
+                    asyncio.shield(loop_task), timeout=self.settings.shutdown_deadline_s
+                )
         if self._notifier is not None:
             # Let delivery finish the event in flight and commit (bounded by its own deadline).
             notifier, self._notifier = self._notifier, None

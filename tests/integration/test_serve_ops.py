@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from aiokafka import AIOKafkaProducer
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.bundle import load_bundle
@@ -27,6 +26,8 @@ pytestmark = [pytest.mark.kafka]
 
 NewTopic = Callable[..., Awaitable[str]]
 ASSET = "pump-01"
+#: Bad records keyed by another asset than ASSET (the topic has one partition).
+KEYS = {"unknown_asset": "boiler-9"}
 
 
 def _good_readings(n: int) -> tuple[list[int], list[dict[str, float]]]:
@@ -97,8 +98,8 @@ async def test_bad_input_is_dead_lettered_and_good_readings_keep_flowing(
             if i == 260:
                 sent.append(("duplicate_timestamp", encode_json_reading(ASSET, t, v)))
                 sent.append(("out_of_order_late", encode_json_reading(ASSET, ts[100], v)))
-        for _, value in sent:
-            await producer.send(readings, value, key=ASSET.encode())
+        for name, value in sent:
+            await producer.send(readings, value, key=KEYS.get(name, ASSET).encode())
         await producer.flush()
     finally:
         await producer.stop()
@@ -135,7 +136,7 @@ async def test_bad_input_is_dead_lettered_and_good_readings_keep_flowing(
         assert reason == want, (name, headers["plantwatch.detail"])
         assert headers["plantwatch.topic"].decode() == readings
         assert int(headers["plantwatch.offset"]) >= 0
-        assert record.key == ASSET.encode()
+        assert record.key == KEYS.get(name, ASSET).encode()
         assert headers["plantwatch.detail"]
 
     # /metrics parses, and its counters match what was sent.
@@ -162,9 +163,10 @@ async def test_bad_input_is_dead_lettered_and_good_readings_keep_flowing(
     assert info["provider"] == "CPUExecutionProvider"
 
 
-async def test_readyz_needs_assigned_partitions(
+async def test_readyz_follows_partition_ownership(
     kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path
 ) -> None:
+    """Two instances, one partition: only the owner is ready; the other takes over on stop."""
     readings, alerts, dlq = [await new_topic(partitions=1) for _ in range(3)]
     settings = settings_for(
         kafka_bootstrap, plant_bundle, readings=readings, alerts=alerts, dead_letter=dlq
@@ -174,29 +176,40 @@ async def test_readyz_needs_assigned_partitions(
         async with http.get(f"{service.ops_url}/readyz") as resp:
             return resp.status, await resp.json()
 
-    # Started, but run() has not joined the group yet: not ready.
-    async with Service(settings, registry=CollectorRegistry()) as service:
-        async with aiohttp.ClientSession() as http:
-            status, body = await readyz(http, service)
-        assert status == 503
-        assert body["checks"] == {
-            "model_loaded": True,
-            "partitions_assigned": False,
-            "broker_reachable": True,
-        }
-        assert sample(service, "plantwatch_ready") == 0
-
-    # Consuming: ready once the group assigned the partition.
-    async with running(settings) as service, aiohttp.ClientSession() as http:
-        statuses: list[int] = []
-
-        async def is_ready() -> bool:
-            statuses.append((await readyz(http, service))[0])
-            return statuses[-1] == 200
-
-        for _ in range(150):
-            if await is_ready():
-                break
+    async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+        for _ in range(300):
+            if await check():
+                return
             await asyncio.sleep(0.1)
-        assert statuses[-1] == 200, statuses
-        assert sample(service, "plantwatch_ready") == 1
+        raise AssertionError(f"timed out waiting until {what}")
+
+    async with aiohttp.ClientSession() as http, running(settings) as first:
+
+        async def first_ready() -> bool:
+            return (await readyz(http, first))[0] == 200
+
+        await until(first_ready, "the first instance is ready")
+        async with running(settings) as second:
+
+            async def one_owner() -> bool:
+                statuses = [(await readyz(http, s))[0] for s in (first, second)]
+                return sorted(statuses) == [200, 503]
+
+            await until(one_owner, "exactly one instance owns the partition")
+            (s1, b1), (_, b2) = await readyz(http, first), await readyz(http, second)
+            owner, idle, idle_body = (first, second, b2) if s1 == 200 else (second, first, b1)
+            assert idle_body["checks"] == {
+                "model_loaded": True,
+                "partitions_assigned": False,
+                "broker_reachable": True,
+            }
+            assert sample(idle, "plantwatch_ready") == 0
+            assert sample(owner, "plantwatch_ready") == 1
+
+            # The owner stops: the other instance takes the partition over and becomes ready.
+            await owner.stop()
+
+            async def idle_ready() -> bool:
+                return (await readyz(http, idle))[0] == 200
+
+            await until(idle_ready, "the remaining instance takes the partition over")

@@ -109,6 +109,7 @@ def _plant(hours: float, seed: int, n_faults: int) -> PlantSimulator:
             start="2026-01-02T00:00:00Z",
             duration_s=hours * 3600,
             n_faults=n_faults,
+            fault_duration_s=(300.0, 900.0),
             seed=seed,
         )
     )

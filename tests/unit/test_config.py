@@ -106,7 +106,7 @@ def test_detector_rule_follows_the_window_length() -> None:
 
     assert DetectorSettings().resolved(32) == (40, 60, 60)
     assert DetectorSettings().resolved(8) == (12, 18, 18)
-    k, n, m = DetectorSettings().resolved(64)
+    k, n, _ = DetectorSettings().resolved(64)
     assert k > 64
     assert n >= k
     assert DetectorSettings(k=2, n=4, m=3).resolved(32) == (2, 4, 3)

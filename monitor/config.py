@@ -78,6 +78,8 @@ class ModelSettings(_Section):
     path: Path
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0: auto)")
+    #: IOBinding with fixed batch-size buckets: ``auto`` uses it with CUDA only.
+    io_binding: Literal["auto", "on", "off"] = "auto"
     reload: Literal["watch", "sighup", "off"] = "watch"
     reload_poll_s: float = Field(default=2.0, gt=0)
 

@@ -51,11 +51,18 @@ class ModelManager:
     """Owns the current :class:`LoadedModel` and swaps in new bundles from ``path``."""
 
     def __init__(
-        self, path: Path, *, device: Device, threads: int, metrics: Metrics | None = None
+        self,
+        path: Path,
+        *,
+        device: Device,
+        threads: int,
+        io_binding: bool | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.path = path
         self.device: Device = device
         self.threads = threads
+        self.io_binding = io_binding
         self.metrics = metrics
         self._current: LoadedModel | None = None
         self._stamp: tuple[int, int, int] | None = None
@@ -73,7 +80,10 @@ class ModelManager:
 
     def _build(self) -> LoadedModel:
         bundle = load_bundle(self.path)
-        return LoadedModel(bundle, Scorer(bundle, device=self.device, threads=self.threads))
+        scorer = Scorer(
+            bundle, device=self.device, threads=self.threads, io_binding=self.io_binding
+        )
+        return LoadedModel(bundle, scorer)
 
     async def load(self) -> LoadedModel:
         """First load; errors propagate (a service without a model must not start)."""

@@ -101,6 +101,7 @@ class Service:
             settings.model.path,
             device=settings.model.device,
             threads=settings.model.threads,
+            io_binding={"auto": None, "on": True, "off": False}[settings.model.io_binding],
             metrics=self.metrics,
         )
         self._stop = asyncio.Event()

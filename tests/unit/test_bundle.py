@@ -122,3 +122,27 @@ def test_describe_mentions_the_essentials(tiny_bundle: Path) -> None:
     text = describe(load_bundle(tiny_bundle))
     for needle in ("tiny", "threshold", "sha256=", "length=16", "quantile", "a ", "b ", "c "):
         assert needle in text
+
+
+def test_bucket_sizes() -> None:
+    from monitor.scoring import BUCKETS, bucket_size
+
+    assert [bucket_size(n) for n in (1, 32, 33, 512, 513, 8192)] == [32, 32, 128, 512, 2048, 8192]
+    with pytest.raises(ValueError, match="largest bucket"):
+        bucket_size(BUCKETS[-1] + 1)
+
+
+def test_io_binding_path_matches_plain_run(tiny_bundle: Path) -> None:
+    """The bucketed IOBinding path (CUDA's) gives the same scores; exercised here on the CPU."""
+    bundle = load_bundle(tiny_bundle)
+    plain = Scorer(bundle, device="cpu", io_binding=False)
+    bound = Scorer(bundle, device="cpu", io_binding=True)
+    assert bound.io_binding
+    assert not plain.io_binding
+    rng = np.random.default_rng(4)
+    for batch in (1, 33, 300, 8192 + 5):
+        windows = rng.standard_normal((batch, 16, 3)).astype(np.float32) + 5
+        a, b = plain.score(windows), bound.score(windows)
+        assert b.score.shape == (batch,)
+        np.testing.assert_allclose(b.score, a.score, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(b.sensor_error, a.sensor_error, rtol=1e-5, atol=1e-7)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from types import TracebackType
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from monitor.lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +18,7 @@ ReadinessProbe = Callable[[], Mapping[str, bool]]
 LivenessProbe = Callable[[], bool]
 
 
-class OpsServer:
+class OpsServer(Lifecycle):
     """A small aiohttp server. Answering at all shows the event loop is alive; ``liveness``
     adds whatever else must hold (the consume loop has not died)."""
 
@@ -55,18 +56,6 @@ class OpsServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
-
-    async def __aenter__(self) -> OpsServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def url(self) -> str:

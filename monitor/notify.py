@@ -26,8 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable
-from types import TracebackType
-from typing import Any, Final, Self, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -38,6 +37,7 @@ from monitor.config import Settings
 from monitor.errors import KafkaUnavailableError
 from monitor.events import AlertEvent, EventDecodeError
 from monitor.kafka import client_kwargs
+from monitor.lifecycle import Lifecycle
 from monitor.metrics import Metrics
 from monitor.sinks.webhook import DeliveryResult, RetryPolicy, WebhookSender
 
@@ -67,7 +67,7 @@ class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("delivery partitions assigned: %s", sorted(str(tp) for tp in assigned))
 
 
-class Notifier:
+class Notifier(Lifecycle):
     """Consumes alert events and delivers each to all webhooks; see the module docstring.
 
     ``start()`` creates the consumer, the dead-letter producer and one shared HTTP session;
@@ -166,18 +166,6 @@ class Notifier:
                 await self._producer.stop()
         if self._session is not None:
             await self._session.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # --- the loop -----------------------------------------------------------------------------
 

@@ -24,10 +24,9 @@ import json
 import logging
 import socket
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +43,7 @@ from monitor.errors import DataError, KafkaUnavailableError, PlantwatchError
 from monitor.events import AlertEvent
 from monitor.http import OpsServer
 from monitor.kafka import client_kwargs
+from monitor.lifecycle import Lifecycle
 from monitor.metrics import Metrics
 from monitor.model import LoadedModel, ModelManager
 from monitor.notify import Notifier
@@ -90,7 +90,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.service._assign(assigned)
 
 
-class Service:
+class Service(Lifecycle):
     """The monitor: consume readings, score windows, produce alerts, commit — until stopped."""
 
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
@@ -281,18 +281,6 @@ class Service:
             ops, self._ops = self._ops, None
             await ops.stop()
 
-    async def __aenter__(self) -> Service:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
     # --- health ------------------------------------------------------------------------------
 
     def readiness(self) -> Mapping[str, bool]:
@@ -377,6 +365,9 @@ class Service:
         p = self.pipeline
         out = _Outgoing()
         m = self.metrics
+        # Counted locally and added to the metrics once per batch, not once per record.
+        readings: Counter[str] = Counter()
+        quality: Counter[str] = Counter()
         last_offset: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
             m.messages.labels(tp.topic).inc(len(records))
@@ -388,37 +379,38 @@ class Service:
                 decoded = p.decoder.decode(record.key, record.value)
                 if isinstance(decoded, Rejection):
                     if not replay:
-                        m.readings.labels("invalid").inc()
+                        readings["invalid"] += 1
                         self._dead_letter(out, record, decoded.reason.value, decoded.detail)
                     continue
-                rejected: dict[WindowReject, int] = {}
+                rejected: Counter[WindowReject] = Counter()
                 for block in decoded:
-                    n = len(block.ts_ms)
                     result = p.store.append(
                         block.asset,
                         block.ts_ms,
                         block.values,
-                        np.full(n, record.offset, dtype=np.int64),
+                        np.full(len(block.ts_ms), record.offset, dtype=np.int64),
                         slot,
                     )
                     assets.add(block.asset)
-                    for reason, count in result.reasons().items():
-                        rejected[reason] = rejected.get(reason, 0) + count
+                    rejected.update(result.reasons())
                     if not replay:
-                        if result.accepted:
-                            m.readings.labels("ok").inc(result.accepted)
-                        if result.carried:
-                            m.data_quality.labels("carried_forward").inc(result.carried)
-                        if result.resets:
-                            m.data_quality.labels("window_reset").inc(result.resets)
+                        readings["ok"] += result.accepted
+                        quality["carried_forward"] += result.carried
+                        quality["window_reset"] += result.resets
                 if rejected and not replay:
                     for reason, count in rejected.items():
-                        m.readings.labels(_READING_RESULT.get(reason, reason)).inc(count)
-                    detail = ", ".join(f"{n} {r}" for r, n in rejected.items())
+                        readings[_READING_RESULT.get(reason, reason)] += count
+                    detail = ", ".join(f"{count} {reason}" for reason, count in rejected.items())
                     self._dead_letter(
                         out, record, next(iter(rejected)), f"readings rejected: {detail}"
                     )
             last_offset[tp] = records[-1].offset
+        for outcome, count in readings.items():
+            if count:
+                m.readings.labels(outcome).inc(count)
+        for kind, count in quality.items():
+            if count:
+                m.data_quality.labels(kind).inc(count)
 
         ready = p.store.collect()
         if len(ready):

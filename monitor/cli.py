@@ -406,6 +406,33 @@ def _install_signals(request_stop: Callable[[], None], deadline: float) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
 
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure throughput and memory against the local Kafka (from a source checkout)",
+        description=(
+            "Run bench/performance.py: consume limit, scoring limit, the real pipeline and a "
+            "naive reference on pre-filled topics, plus memory per asset; writes "
+            "bench/results/performance.md. Options after 'bench' go to the script "
+            "(e.g. plantwatch bench --smoke)."
+        ),
+    )
+    p.add_argument("options", nargs=argparse.REMAINDER, help="options for bench/performance.py")
+    p.set_defaults(handler=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "performance.py"
+    if not script.is_file():
+        raise DependencyError(
+            "plantwatch bench runs bench/performance.py from a source checkout; "
+            f"there is none at {script.parent}"
+        )
+    return subprocess.call([sys.executable, str(script), *args.options])
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -423,7 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-format", default="text", choices=("text", "json"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_simulate, _add_train, _add_inspect, _add_serve, _add_notify):
+    for add in (
+        _add_simulate,
+        _add_train,
+        _add_inspect,
+        _add_serve,
+        _add_notify,
+        _add_bench,
+    ):
         add(sub)
     return parser
 

@@ -1,0 +1,37 @@
+"""The performance benchmark keeps working: a seconds-long run against the local Kafka."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_performance_benchmark_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = tmp_path / "performance.md"
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "performance.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "Command: `python bench/performance.py --smoke" in text
+    for fmt in ("| json |", "| json-batch |", "| binary |"):
+        row = next(line for line in text.splitlines() if line.startswith(fmt))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        # consume limit, serial limit and plantwatch are measured positive rates.
+        for cell in cells[1:4]:
+            assert float(cell.split()[0].replace(",", "")) > 0, row
+    assert "peak RSS" in text

@@ -182,7 +182,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--data", type=Path, required=True, help="CSV/Parquet file or directory")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    p.add_argument("--model", default="dense", choices=("dense", "conv"), help="model family")
+    p.add_argument(
+        "--model",
+        default="dense",
+        choices=("dense", "conv", "lstm", "vae", "pca"),
+        help="model family (pca: the PCA Q/T² baseline)",
+    )
     p.add_argument("--window", type=int, default=32, help="readings per window (default 32)")
     p.add_argument("--stride", type=int, default=1, help="training window stride (default 1)")
     p.add_argument("--columns", type=csv_list, help="sensor columns to use, in order")
@@ -192,8 +197,27 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--interval", type=duration, help="sampling interval (default: inferred)")
     p.add_argument("--assets", help="glob selecting assets, e.g. 'pump-*'")
     p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--threshold-rule", default="quantile", choices=("quantile", "pot"))
     p.add_argument("--threshold-quantile", type=float, default=0.99)
     p.add_argument("--threshold-factor", type=float, default=1.5)
+    p.add_argument(
+        "--pot-level", type=float, default=0.98, help="POT: quantile above which the tail is fitted"
+    )
+    p.add_argument("--pot-risk", type=float, default=1e-4, help="POT: per-window false-alarm risk")
+    p.add_argument(
+        "--noise-std", type=float, default=0.0, help="denoising: input noise (normalised units)"
+    )
+    p.add_argument(
+        "--mask-fraction", type=float, default=0.0, help="masked reconstruction: share zeroed"
+    )
+    p.add_argument("--mask-unit", default="reading", choices=("reading", "sensor", "time"))
+    p.add_argument(
+        "--hyper",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model hyperparameter, e.g. --hyper n_components=4 --hyper per_step=false",
+    )
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--learning-rate", type=float, default=1e-3)
@@ -207,7 +231,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _run_train(args: argparse.Namespace) -> int:
     try:
-        from training.calibrate import QuantileRule
+        from training.calibrate import build_rule
         from training.fit import FitConfig
         from training.pipeline import TrainConfig, train_bundle
     except ImportError as exc:
@@ -216,9 +240,12 @@ def _run_train(args: argparse.Namespace) -> int:
             "pip install 'plantwatch[train]'"
         ) from None
     try:
-        rule = QuantileRule(q=args.threshold_quantile, factor=args.threshold_factor)
+        if args.threshold_rule == "pot":
+            rule = build_rule("pot", level=args.pot_level, risk=args.pot_risk)
+        else:
+            rule = build_rule("quantile", q=args.threshold_quantile, factor=args.threshold_factor)
     except ValueError as exc:
-        raise ConfigError(f"--threshold-quantile/--threshold-factor: {exc}") from None
+        raise ConfigError(f"threshold rule {args.threshold_rule}: {exc}") from None
     if not 0.0 < args.validation_fraction < 1.0:
         raise ConfigError("--validation-fraction must be between 0 and 1")
     config = TrainConfig(
@@ -243,7 +270,11 @@ def _run_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             progress=not args.no_progress,
+            noise_std=args.noise_std,
+            mask_fraction=args.mask_fraction,
+            mask_unit=args.mask_unit,
         ),
+        hyperparameters=_parse_hyper(args.hyper),
         name=args.name,
     )
     result = train_bundle(config)
@@ -255,6 +286,32 @@ def _run_train(args: argparse.Namespace) -> int:
         f"{m.validation.above_threshold:.2%} of validation windows above it"
     )
     return 0
+
+
+def _parse_hyper(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs: true/false, ints, floats, comma lists of ints; else strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--hyper {item!r}: expected KEY=VALUE")
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        elif "," in raw:
+            try:
+                value = tuple(int(part) for part in raw.split(","))
+            except ValueError:
+                raise ConfigError(f"--hyper {item!r}: a list must hold integers") from None
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(raw)
+                    break
+                except ValueError:
+                    continue
+        out[key] = value
+    return out
 
 
 def _add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -406,6 +463,84 @@ def _install_signals(request_stop: Callable[[], None], deadline: float) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
 
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="measure detection quality on labelled data through the service's scoring path",
+        description=(
+            "Train bundles and replay labelled test data through the exported ONNX graph, the "
+            "window store and the alert detector, as 'serve' would. Protocol 'skab': the "
+            "published SKAB protocol on a SKAB copy. Protocol 'generic': DATA/train/*.csv "
+            "(normal) and DATA/test/*.csv (with a 0/1 label column)."
+        ),
+    )
+    p.add_argument("--protocol", required=True, choices=("skab", "generic"))
+    p.add_argument("--data", type=Path, required=True, help="SKAB copy or generic directory")
+    p.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    p.add_argument("--report", type=Path, help="write report.md and one PNG per test series")
+    p.add_argument("--model", default="dense", help="model family (see 'train --help')")
+    p.add_argument("--window", type=int, help="window length (default: 16 skab, 32 generic)")
+    p.add_argument("--epochs", type=int, help="max epochs (default: 40 skab, 60 generic)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold-quantile", type=float, default=0.99)
+    p.add_argument("--threshold-factor", type=float, default=1.5)
+    p.add_argument(
+        "--rule",
+        default="service",
+        choices=("service", "reference"),
+        help="'reference': SKAB's offline Conv-AE rule, for comparison only",
+    )
+    p.add_argument("--k", type=int, help="alert opens on k of the last n windows")
+    p.add_argument("--n", type=int)
+    p.add_argument("--m", type=int, help="quiet windows that resolve an alert")
+    p.add_argument("--separator", default=",", help="generic: CSV separator")
+    p.add_argument("--timestamp-column", default="timestamp", help="generic: '' if none")
+    p.add_argument("--label-column", default="label", help="generic: 0/1 label column")
+    p.add_argument("--asset-column", default="asset", help="generic: '' if one series per file")
+    p.add_argument("--ignore-columns", type=csv_list, default=(), help="generic: not sensors")
+    p.add_argument("--bundle", type=Path, help="generic: evaluate this bundle, do not train")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    try:
+        from training.evaluate import AlertOptions, GenericOptions, ModelOptions, evaluate
+    except ImportError as exc:
+        raise DependencyError(
+            f"'plantwatch evaluate' needs the training extra ({exc.name} is missing): "
+            "pip install 'plantwatch[train]'"
+        ) from None
+    result = evaluate(
+        args.protocol,
+        args.data,
+        model=ModelOptions(
+            family=args.model,
+            window=args.window,
+            epochs=args.epochs,
+            seed=args.seed,
+            threshold_quantile=args.threshold_quantile,
+            threshold_factor=args.threshold_factor,
+        ),
+        alerts=AlertOptions(mode=args.rule, k=args.k, n=args.n, m=args.m),
+        generic=GenericOptions(
+            separator=args.separator,
+            timestamp_column=args.timestamp_column or None,
+            label_column=args.label_column,
+            asset_column=args.asset_column or None,
+            ignore_columns=tuple(args.ignore_columns or ()),
+            bundle=args.bundle,
+        ),
+        progress=lambda line: print(f"  {line}", file=sys.stderr),
+    )
+    for key, value in result.figures.items():
+        print(f"{key:<32} {value:.4g}")
+    if args.json:
+        print(f"json    {result.write_json(args.json)}")
+    if args.report:
+        print(f"report  {result.write_report(args.report)[0]}")
+    return 0
+
+
 def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bench",
@@ -456,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_inspect,
         _add_serve,
         _add_notify,
+        _add_evaluate,
         _add_bench,
     ):
         add(sub)

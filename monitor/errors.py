@@ -35,3 +35,8 @@ class KafkaUnavailableError(PlantwatchError):
     """The Kafka cluster could not be reached."""
 
     retriable = True
+
+
+class KafkaAuthError(PlantwatchError):
+    """Kafka refused the client's credentials, or the TLS handshake failed: retrying the same
+    settings will not help."""

@@ -8,9 +8,29 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    IllegalSaslStateError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 from aiokafka.helpers import create_ssl_context
 
 from monitor.config import KafkaSettings
+from monitor.errors import KafkaAuthError, KafkaUnavailableError, PlantwatchError
+
+_AUTH_ERRORS = (
+    SaslAuthenticationFailed,
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    UnsupportedSaslMechanismError,
+    IllegalSaslStateError,
+)
+#: Upper bound of the diagnostic connection made after a client failed to start.
+_PROBE_TIMEOUT_MS = 10_000
 
 
 def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
@@ -41,3 +61,44 @@ def _ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
         password=password,
     )
     return context
+
+
+async def start_error(settings: KafkaSettings, exc: BaseException) -> PlantwatchError:
+    """The one-line error for an aiokafka client that failed to start.
+
+    aiokafka reports every failed bootstrap as "Unable to bootstrap from ..." and only logs the
+    cause, so one direct connection to the first bootstrap server, with the same security
+    settings, tells rejected credentials and failed TLS handshakes (not retriable: fail at
+    start) from an unreachable cluster. Messages name the user and mechanism, never a secret.
+    """
+    where = settings.bootstrap_servers
+    cause: BaseException | None = exc if isinstance(exc, _AUTH_ERRORS) else await _probe(settings)
+    if isinstance(cause, _AUTH_ERRORS):
+        reason = str(cause).split(": ", 1)[-1] or type(cause).__name__
+        return KafkaAuthError(
+            f"Kafka at {where} rejected user {settings.sasl_username!r} "
+            f"({settings.sasl_mechanism} over {settings.security_protocol}): {reason}"
+        )
+    if isinstance(cause, ssl.SSLError):
+        detail = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or cause
+        return KafkaAuthError(
+            f"TLS handshake with Kafka at {where} failed ({settings.security_protocol}): {detail}"
+        )
+    return KafkaUnavailableError(f"cannot reach Kafka at {where}: {exc}")
+
+
+async def _probe(settings: KafkaSettings) -> BaseException | None:
+    """Open (and close) one connection to the first bootstrap server; the error, if any."""
+    first = settings.bootstrap_servers.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    kwargs = client_kwargs(settings)
+    kwargs.pop("bootstrap_servers")
+    kwargs["request_timeout_ms"] = min(settings.request_timeout_ms, _PROBE_TIMEOUT_MS)
+    try:
+        conn = await create_conn(host.strip("[]"), int(port), **kwargs)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        return exc
+    conn.close()
+    return None

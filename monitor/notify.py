@@ -14,6 +14,14 @@ never exceed ``max.poll.interval.ms`` and get the member thrown out of the group
 Rebalances: on revocation a partition's delivery finishes its current event (within a short
 grace period, else it is cancelled), whatever finished is committed, and the new owner resends
 the rest.
+
+Alertmanager endpoints: the notifier remembers the latest event of every alert it has seen open
+and re-posts them every ``ALERTMANAGER_RESEND_S`` with a fresh lease (see
+:mod:`monitor.sinks.webhook`), so Alertmanager never times out an alert plantwatch still holds
+open; a resolved event whose delivery failed is re-posted the same way until one post succeeds.
+This memory is per process and per partition: a restarted notifier, or the new owner of a
+partition, learns of open alerts from their next event, and until then Alertmanager keeps them
+for the rest of their lease (``ALERTMANAGER_LEASE_S``).
 """
 
 from __future__ import annotations
@@ -35,11 +43,16 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from monitor.config import Settings
 from monitor.errors import KafkaUnavailableError
-from monitor.events import AlertEvent, EventDecodeError
-from monitor.kafka import client_kwargs
+from monitor.events import AlertEvent, EventDecodeError, EventType
+from monitor.kafka import client_kwargs, start_error
 from monitor.lifecycle import Lifecycle
 from monitor.metrics import Metrics
-from monitor.sinks.webhook import DeliveryResult, RetryPolicy, WebhookSender
+from monitor.sinks.webhook import (
+    ALERTMANAGER_RESEND_S,
+    DeliveryResult,
+    RetryPolicy,
+    WebhookSender,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +95,7 @@ class Notifier(Lifecycle):
         *,
         drain_deadline_s: float | None = None,
         rng: random.Random | None = None,
+        resend_interval_s: float | None = None,
     ) -> None:
         self._settings = settings
         self._delivery = settings.delivery
@@ -90,6 +104,13 @@ class Notifier(Lifecycle):
             settings.shutdown_deadline_s if drain_deadline_s is None else drain_deadline_s
         )
         self._rng = rng or random.Random()
+        self._resend_interval_s = (
+            ALERTMANAGER_RESEND_S if resend_interval_s is None else resend_interval_s
+        )
+        #: Alertmanager endpoints' view: the latest event of each alert still to be re-posted
+        #: (open, or resolved but not yet delivered), with the partition it came from.
+        self._am_alerts: dict[str, tuple[TopicPartition, AlertEvent]] = {}
+        self._am_senders: list[WebhookSender] = []
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -122,6 +143,7 @@ class Notifier(Lifecycle):
             WebhookSender(self._session, endpoint, policy, self._metrics, rng=self._rng)
             for endpoint in self._delivery.webhooks
         ]
+        self._am_senders = [s for s in self._senders if s.endpoint.format == "alertmanager"]
         if not self._senders:
             log.warning("no webhooks configured: alert events will be consumed and dropped")
         self._producer = AIOKafkaProducer(**kwargs, acks="all", enable_idempotence=True)
@@ -139,9 +161,7 @@ class Notifier(Lifecycle):
             self._consumer.subscribe([self._settings.alerts.topic], listener=_Revocations(self))
         except KafkaConnectionError as exc:
             await self.stop()
-            raise KafkaUnavailableError(
-                f"cannot reach Kafka at {self._settings.kafka.bootstrap_servers}: {exc}"
-            ) from None
+            raise await start_error(self._settings.kafka, exc) from None
         except BaseException:
             await self.stop()
             raise
@@ -176,6 +196,11 @@ class Notifier(Lifecycle):
         consumer = self._consumer
         self._running = asyncio.get_running_loop().create_future()
         stop = stop_event or asyncio.Event()
+        resender = (
+            asyncio.create_task(self._resend_loop(), name="notify-am-resend")
+            if self._am_senders
+            else None
+        )
         try:
             while not (stop.is_set() or self._internal_stop.is_set()):
                 batches = await consumer.getmany(
@@ -191,6 +216,8 @@ class Notifier(Lifecycle):
                         )
             await self._drain()
         finally:
+            if resender is not None:
+                await self._cancel_tasks([resender])
             self._running.set_result(None)
 
     def _reap(self) -> None:
@@ -254,6 +281,48 @@ class Notifier(Lifecycle):
         for result in results:
             if not result.delivered:
                 await self._park_event(record, event, result)
+        if self._am_senders:
+            am_delivered = all(
+                r.delivered
+                for s, r in zip(self._senders, results, strict=True)
+                if s in self._am_senders
+            )
+            self._remember_for_alertmanager(record, event, delivered=am_delivered)
+
+    # --- Alertmanager re-sends ----------------------------------------------------------------
+
+    def _remember_for_alertmanager(
+        self, record: _Record, event: AlertEvent, *, delivered: bool
+    ) -> None:
+        known = self._am_alerts.get(event.alert_id)
+        if known is not None and known[1].seq > event.seq:
+            return  # a redelivered older event: the newer state stands
+        if event.event is EventType.RESOLVED and delivered:
+            self._am_alerts.pop(event.alert_id, None)
+        else:
+            self._am_alerts[event.alert_id] = (
+                TopicPartition(record.topic, record.partition),
+                event,
+            )
+
+    async def _resend_loop(self) -> None:
+        """Re-post every remembered alert to each Alertmanager endpoint, once per interval."""
+        while True:
+            await asyncio.sleep(self._resend_interval_s)
+            snapshot = dict(self._am_alerts)
+            if not snapshot:
+                continue
+            events = [event for _, event in snapshot.values()]
+            sent = await asyncio.gather(*(s.resend(events) for s in self._am_senders))
+            if all(sent):
+                for alert_id, (_, event) in snapshot.items():
+                    current = self._am_alerts.get(alert_id)
+                    if (
+                        event.event is EventType.RESOLVED
+                        and current is not None
+                        and (current[1] is event)
+                    ):
+                        del self._am_alerts[alert_id]
 
     # --- dead letters -------------------------------------------------------------------------
 
@@ -373,6 +442,9 @@ class Notifier(Lifecycle):
             await self._commit_done(only=revoked)
         finally:
             self._revoking -= revoked
+        # The partition's next owner re-posts these alerts once it sees their next event.
+        for alert_id in [a for a, (tp, _) in self._am_alerts.items() if tp in revoked]:
+            del self._am_alerts[alert_id]
         for tp in revoked:
             task = self._tasks.pop(tp, None)
             if task is not None and not task.cancelled() and task.exception() is not None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from monitor.bundle import INPUT_NAME, OUTPUT_SCORE, OUTPUT_SENSOR_ERROR
 from monitor.errors import BundleError
+from training.models import pointwise_error
 from training.windows import StandardScaler
 
 logger = logging.getLogger(__name__)
@@ -27,8 +28,9 @@ class ScoringGraph(nn.Module):
     """Raw window in, ``(score, sensor_error)`` out: the scaler and the error maths included.
 
     ``sensor_error[b, f]`` is the mean squared reconstruction error of sensor ``f`` over the
-    window in normalised units; ``score[b]`` is its mean over sensors, so each sensor's share
-    of the score is ``sensor_error / (n_features * score)``.
+    window in normalised units (for a family with its own ``pointwise_error``, such as the PCA
+    baseline, the mean of that error); ``score[b]`` is its mean over sensors, so each sensor's
+    share of the score is ``sensor_error / (n_features * score)``, for every family.
     """
 
     def __init__(self, autoencoder: nn.Module, scaler: StandardScaler) -> None:
@@ -41,7 +43,7 @@ class ScoringGraph(nn.Module):
 
     def forward(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = (window - self.mean) * self.inv_scale
-        error = (self.autoencoder(z) - z) ** 2
+        error = pointwise_error(self.autoencoder, z)
         sensor_error = error.mean(dim=1)
         return sensor_error.mean(dim=1), sensor_error
 

@@ -1,10 +1,25 @@
-"""The training loop: mini-batch Adam on reconstruction loss with early stopping."""
+"""The training loop: mini-batch Adam on reconstruction loss with early stopping.
+
+Two optional input corruptions regularise the autoencoders (both off by default). The loss is
+always on the *clean* window, so the model learns to reconstruct normal behaviour from a
+corrupted view of it rather than to copy its input:
+
+* **denoising** (``noise_std``): Gaussian noise of that standard deviation is added to the
+  normalised training windows;
+* **masked reconstruction** (``mask_fraction``): that share of the input is set to 0 (the
+  training mean): single readings (``mask_unit="reading"``), whole sensors of a window
+  (``"sensor"``) or whole time steps (``"time"``), drawn independently per window.
+
+Validation loss (early stopping) is always on clean input. Models with a ``fit_closed_form``
+method (the PCA baseline) are fitted in one step; corruption does not apply to them.
+"""
 
 from __future__ import annotations
 
 import copy
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -14,9 +29,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from monitor.errors import ConfigError
+from training.models import AuxiliaryLoss
+
 logger = logging.getLogger(__name__)
 
 TrainDevice = Literal["auto", "cpu", "cuda"]
+MaskUnit = Literal["reading", "sensor", "time"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +50,19 @@ class FitConfig:
     seed: int = 0
     device: TrainDevice = "auto"
     progress: bool = True
+    #: Denoising: std of Gaussian noise added to normalised training inputs (0 = off).
+    noise_std: float = 0.0
+    #: Masked reconstruction: share of the input zeroed per training window (0 = off).
+    mask_fraction: float = 0.0
+    mask_unit: MaskUnit = "reading"
+
+    def __post_init__(self) -> None:
+        if not self.noise_std >= 0.0:
+            raise ConfigError(f"noise std must be >= 0, got {self.noise_std}")
+        if not 0.0 <= self.mask_fraction < 1.0:
+            raise ConfigError(f"mask fraction must be in [0, 1), got {self.mask_fraction}")
+        if self.mask_unit not in ("reading", "sensor", "time"):
+            raise ConfigError(f"mask unit must be reading, sensor or time, got {self.mask_unit!r}")
 
 
 @dataclass
@@ -66,6 +98,9 @@ def fit(
 ) -> FitResult:
     """Fit ``model`` to reconstruct normalised windows; keep the best validation epoch."""
     seed_everything(config.seed)
+    closed_form = getattr(model, "fit_closed_form", None)
+    if closed_form is not None:
+        return _fit_closed_form(model, closed_form, train, val, config)
     device = resolve_device(config.device)
     model = model.to(device)
     x_train = torch.from_numpy(train).to(device)
@@ -92,7 +127,9 @@ def fit(
         for start in range(0, len(order), config.batch_size):
             batch = x_train[order[start : start + config.batch_size]]
             optimiser.zero_grad(set_to_none=True)
-            loss = nn.functional.mse_loss(model(batch), batch)
+            loss = nn.functional.mse_loss(model(_corrupt(batch, config, generator)), batch)
+            if isinstance(model, AuxiliaryLoss):
+                loss = loss + model.auxiliary_loss()
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
             total += loss.detach().item() * len(batch)
@@ -117,6 +154,45 @@ def fit(
         best,
         result.best_epoch + 1,
     )
+    return result
+
+
+def _corrupt(batch: torch.Tensor, config: FitConfig, generator: torch.Generator) -> torch.Tensor:
+    """The training input: ``batch`` with the configured noise and mask (or as is)."""
+    if not config.noise_std and not config.mask_fraction:
+        return batch
+    # Draw on the CPU generator so a seed gives the same corruption on every device.
+    x = batch
+    if config.noise_std:
+        noise = torch.randn(batch.shape, generator=generator) * config.noise_std
+        x = x + noise.to(batch.device)
+    if config.mask_fraction:
+        b, length, n_features = batch.shape
+        shape = {
+            "reading": (b, length, n_features),
+            "sensor": (b, 1, n_features),
+            "time": (b, length, 1),
+        }[config.mask_unit]
+        keep = torch.rand(shape, generator=generator) >= config.mask_fraction
+        x = x * keep.to(batch.device, batch.dtype)
+    return x
+
+
+def _fit_closed_form(
+    model: nn.Module,
+    fit_fn: Callable[[npt.NDArray[np.float32]], None],
+    train: npt.NDArray[np.float32],
+    val: npt.NDArray[np.float32],
+    config: FitConfig,
+) -> FitResult:
+    if config.noise_std or config.mask_fraction:
+        logger.warning("noise/mask options do not apply to a closed-form model; ignored")
+    model = model.cpu()
+    fit_fn(train)
+    result = FitResult(model=model.eval(), device="cpu")
+    result.train_loss.append(_evaluate(model, torch.from_numpy(train), config.batch_size))
+    result.val_loss.append(_evaluate(model, torch.from_numpy(val), config.batch_size))
+    logger.info("fitted in closed form; validation loss %.5f", result.val_loss[0])
     return result
 
 

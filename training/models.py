@@ -1,19 +1,28 @@
-"""Autoencoder families: bare ``nn.Module`` s over windows ``[batch, length, n_features]``.
+"""Model families: bare ``nn.Module`` s over windows ``[batch, length, n_features]``.
 
 Each takes normalised windows and returns their reconstruction of the same shape. Training and
-export live elsewhere (:mod:`training.fit`, :mod:`training.export`).
+export live elsewhere (:mod:`training.fit`, :mod:`training.export`). Two optional hooks let a
+family depart from plain gradient-trained reconstruction without the trainer or exporter knowing
+it by name:
+
+* ``pointwise_error(z) -> [batch, length, n_features]``: the per-reading error the score is built
+  from (default: squared reconstruction error; the PCA baseline adds its T² contributions);
+* ``auxiliary_loss() -> scalar``: a term added to the training loss after each forward pass
+  (the VAE's KL divergence);
+* ``fit_closed_form(windows)``: fitted in one step instead of by gradient descent (PCA).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from monitor.errors import ConfigError
+from training.pca import PCAModel
 
 
 def _mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
@@ -97,7 +106,115 @@ class ConvAE(nn.Module):
         return y.transpose(1, 2)
 
 
-_FAMILIES: dict[str, Callable[..., nn.Module]] = {"dense": DenseAE, "conv": ConvAE}
+class LSTMAE(nn.Module):
+    """Sequence-to-sequence LSTM autoencoder.
+
+    The encoder LSTM's last hidden state is projected to a latent code, repeated once per time
+    step as the decoder LSTM's input, and a linear layer maps the decoder states back to sensors.
+    Exports with the dynamo exporter (ONNX ``LSTM`` op) with a dynamic batch axis.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        n_features: int,
+        hidden: int = 64,
+        latent: int = 32,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.length = length
+        # nn.LSTM applies dropout only between stacked layers (and warns otherwise).
+        between = dropout if num_layers > 1 else 0.0
+        self.encoder = nn.LSTM(n_features, hidden, num_layers, batch_first=True, dropout=between)
+        self.to_latent = nn.Linear(hidden, latent)
+        self.decoder = nn.LSTM(latent, hidden, num_layers, batch_first=True, dropout=between)
+        self.output = nn.Linear(hidden, n_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.encoder(x)
+        code = self.to_latent(h[-1])
+        y, _ = self.decoder(code.unsqueeze(1).expand(-1, self.length, -1))
+        out: torch.Tensor = self.output(y)
+        return out
+
+
+class DenseVAE(nn.Module):
+    """Variational autoencoder over the flattened window (Gaussian latent, dense layers).
+
+    Training samples the latent code with the reparameterisation trick and exposes the KL term
+    through :meth:`auxiliary_loss`; in eval mode (and so in the exported graph) the decoder reads
+    the posterior mean, so scoring is deterministic. The loss is
+    ``MSE + beta · KL / (length · n_features)``: KL per reconstructed value, matching the
+    per-value MSE (``beta = 0.5`` is the ELBO of a unit-variance Gaussian decoder).
+    """
+
+    def __init__(
+        self,
+        length: int,
+        n_features: int,
+        hidden: Sequence[int] = (128,),
+        latent: int = 16,
+        beta: float = 0.1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not hidden:
+            raise ConfigError("vae model needs at least one hidden layer")
+        self.length, self.n_features, self.beta = length, n_features, beta
+        sizes = [length * n_features, *hidden]
+        self.encoder = nn.Sequential(_mlp(sizes, dropout), nn.ReLU())
+        self.mu = nn.Linear(sizes[-1], latent)
+        self.logvar = nn.Linear(sizes[-1], latent)
+        self.decoder = _mlp([latent, *sizes[::-1]], dropout)
+        self._kl: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x.flatten(1))
+        mu: torch.Tensor = self.mu(h)
+        if self.training:
+            logvar: torch.Tensor = self.logvar(h).clamp(-10.0, 10.0)
+            code = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            kl = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1).mean()
+            self._kl = kl / (self.length * self.n_features)
+        else:
+            code = mu
+        y: torch.Tensor = self.decoder(code)
+        return y.view(-1, self.length, self.n_features)
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        """``beta`` × the KL term of the last training forward pass."""
+        if self._kl is None:
+            raise RuntimeError("auxiliary_loss() before a training forward pass")
+        return self.beta * self._kl
+
+
+@runtime_checkable
+class PointwiseError(Protocol):
+    def pointwise_error(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class AuxiliaryLoss(Protocol):
+    def auxiliary_loss(self) -> torch.Tensor: ...
+
+
+def pointwise_error(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Per-reading error ``[batch, length, n_features]`` of ``model`` on normalised windows."""
+    if isinstance(model, PointwiseError):
+        return model.pointwise_error(z)
+    error: torch.Tensor = (model(z) - z) ** 2
+    return error
+
+
+_FAMILIES: dict[str, Callable[..., nn.Module]] = {
+    "dense": DenseAE,
+    "conv": ConvAE,
+    "lstm": LSTMAE,
+    "vae": DenseVAE,
+    "pca": PCAModel,
+}
 FAMILIES = tuple(_FAMILIES)
 
 

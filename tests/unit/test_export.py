@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
@@ -14,6 +16,7 @@ from monitor.errors import BundleError
 from monitor.scoring import Scorer
 from training.export import ScoringGraph, check_parity, export_onnx, score_windows
 from training.models import build_model
+from training.pca import PCAModel
 from training.windows import StandardScaler
 
 
@@ -39,16 +42,49 @@ def test_graph_normalises_inside(conv_graph: ScoringGraph) -> None:
     np.testing.assert_allclose(score, want.mean(axis=1), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["dense", "conv"])
-def test_onnx_matches_torch_with_dynamic_batch(family: str, tmp_path: Path) -> None:
+def _correlated(n: int, length: int, seed: int) -> np.ndarray:
+    """Windows of 4 sensors driven by 2 latent signals (so PCA has structure to find)."""
+    rng = np.random.default_rng(seed)
+    latent = rng.standard_normal((n, length, 2))
+    mix = np.array([[1.0, 0.5, -1.0, 0.2], [0.0, 1.0, 0.5, -1.0]])
+    return (latent @ mix + 0.1 * rng.standard_normal((n, length, 4))).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("family", "hyper"),
+    [
+        ("dense", {}),
+        ("conv", {}),
+        ("lstm", {"hidden": 16, "latent": 8}),
+        ("vae", {}),
+        ("pca", {"n_components": 2, "t2_weight": 0.5}),
+        ("pca", {"n_components": 3, "per_step": False}),
+    ],
+    ids=["dense", "conv", "lstm", "vae", "pca-step-t2", "pca-window"],
+)
+def test_onnx_matches_torch_with_dynamic_batch(
+    family: str, hyper: dict[str, Any], tmp_path: Path
+) -> None:
     torch.manual_seed(0)
-    scaler = StandardScaler(mean=np.zeros(4), scale=np.ones(4))
-    graph = ScoringGraph(build_model(family, 32, 4).eval(), scaler)
+    scaler = StandardScaler(mean=np.array([1.0, -2.0, 10.0, 0.0]), scale=np.array([2, 0.5, 3, 1]))
+    model = build_model(family, 32, 4, **hyper)
+    if isinstance(model, PCAModel):
+        model.fit_closed_form(_correlated(200, 32, 0))
+    graph = ScoringGraph(model.eval(), scaler)
     path = tmp_path / "m.onnx"
     export_onnx(graph, path, 32, 4)
-    windows = np.random.default_rng(2).standard_normal((257, 32, 4)).astype(np.float32)
+    z = _correlated(257, 32, 2)
+    z[:10, 5:, 1] += 3.0  # some anomalous windows too
+    windows = (z * np.array([2, 0.5, 3, 1]) + np.array([1.0, -2.0, 10.0, 0.0])).astype(np.float32)
     assert check_parity(path, graph, windows) < 1e-4
     assert check_parity(path, graph, windows[:1]) < 1e-4
+    # The contract every family keeps: score is the mean over sensors of sensor_error.
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    score, sensor_error = session.run(None, {"window": windows})
+    assert score.shape == (257,)
+    assert sensor_error.shape == (257, 4)
+    assert np.all(sensor_error >= 0)
+    np.testing.assert_allclose(sensor_error.mean(axis=1), score, rtol=1e-5, atol=1e-7)
 
 
 def test_parity_check_refuses_a_graph_that_drifted(

@@ -1,0 +1,212 @@
+"""Scale-out on consumer groups: real ``serve`` processes sharing a 6-partition topic.
+
+Three instances under a steady simulated load; then a fourth joins, one is SIGKILLed (and not
+restarted) and one stops gracefully. Every reading after each asset's first full window must be
+scored at least once (the scores topic is written in the same transactions as the alerts and the
+offsets), no alert event may appear twice, and the time the group needs to catch up with what
+was produced at the moment of each change is measured and printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from monitor import offsets
+from monitor.events import AlertEvent
+from tests.harness import read_topic
+from tests.plant import PLANT, PLANT_WINDOW
+from training.simulator import PlantConfig, PlantSimulator, produce
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+NewTopic = Callable[..., Awaitable[str]]
+PLANTWATCH = str(Path(sys.executable).with_name("plantwatch"))
+PARTITIONS = 6
+RATE = 600  # readings/s: well under what three instances score on 2 shared cores
+#: A killed member holds its partitions until its session times out (aiokafka: 10 s).
+RECOVERY_LIMIT_S = 30.0
+
+
+class Group:
+    """The serve processes of one consumer group, with their logs."""
+
+    def __init__(self, tmp_path: Path, doc: dict[str, Any]) -> None:
+        self.tmp_path, self.doc = tmp_path, doc
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> None:
+        doc = {**self.doc, "instance_id": name}
+        config = self.tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(doc))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PLANTWATCH_")}
+        with (self.tmp_path / f"{name}.log").open("ab") as fh:
+            self.procs[name] = subprocess.Popen(
+                [PLANTWATCH, "--log-format", "json", "serve", "--config", str(config)],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def log(self, name: str) -> str:
+        return (self.tmp_path / f"{name}.log").read_text()
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            assert proc.poll() is None, f"{name} exited:\n{self.log(name)[-3000:]}"
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+async def _scored(bootstrap: str, topic: str) -> Counter[tuple[str, int]]:
+    counts: Counter[tuple[str, int]] = Counter()
+    for record in await read_topic(bootstrap, topic, idle_s=1.0):
+        doc = json.loads(record.value)
+        counts.update((doc["asset"], t) for t in doc["ts"])
+    return counts
+
+
+class Progress:
+    """How far the group has scored each partition (from its commit metadata)."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str) -> None:
+        self.topic, self.group = topic, group
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        self.tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+
+    async def __aenter__(self) -> Progress:
+        await self.admin.start()
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+        await self.admin.close()
+
+    async def ends(self) -> dict[TopicPartition, int]:
+        ends: dict[TopicPartition, int] = await self.consumer.end_offsets(self.tps)
+        return ends
+
+    async def scored_through(self) -> dict[TopicPartition, int]:
+        committed = await self.admin.list_consumer_group_offsets(self.group, partitions=self.tps)
+        out = {}
+        for tp in self.tps:
+            meta = committed.get(tp)
+            state = offsets.decode(meta.metadata if meta is not None else None)
+            out[tp] = state.scored_through if state is not None else -1
+        return out
+
+    async def caught_up(self, since: float, group: Group, what: str) -> float:
+        """Seconds from ``since`` until everything produced before then was scored."""
+        target = await self.ends()
+        while True:
+            group.check_alive()
+            through = await self.scored_through()
+            if all(through[tp] >= end - 1 for tp, end in target.items() if end > 0):
+                return time.monotonic() - since
+            if time.monotonic() - since > RECOVERY_LIMIT_S:
+                lagging = {tp.partition: (through[tp], target[tp]) for tp in target}
+                raise AssertionError(f"{what}: not caught up in {RECOVERY_LIMIT_S:g}s: {lagging}")
+            await asyncio.sleep(0.25)
+
+
+async def test_group_scales_out_survives_sigkill_and_graceful_stop(
+    kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path, tmp_path: Path
+) -> None:
+    readings = await new_topic(partitions=PARTITIONS)
+    alerts, dlq, scores = [await new_topic(partitions=1) for _ in range(3)]
+    group_id = f"scaleout-{readings[-8:]}"
+    doc: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": kafka_bootstrap, "transaction_timeout_ms": 10_000},
+        "input": {"topics": [readings], "group_id": group_id, "dead_letter_topic": dlq},
+        "model": {"path": str(plant_bundle), "device": "cpu", "reload": "off", "threads": 1},
+        # A quick alert rule, so that alerts open (and are checked for duplicates) in a short run.
+        "detector": {"k": 6, "n": 10, "m": 10},
+        "alerts": {"topic": alerts},
+        "scores": {"topic": scores},
+        "delivery": {"enabled": False},
+        "http": {"host": "127.0.0.1", "port": 0},
+        "shutdown_deadline_s": 10,
+    }
+    sim = PlantSimulator(
+        PlantConfig(
+            **{**PLANT, "n_pumps": 9, "n_compressors": 3},
+            start="2026-01-02T00:00:00Z",
+            duration_s=2400,
+            n_faults=3,
+            fault_duration_s=(300.0, 600.0),
+            seed=41,
+        )
+    )
+    group = Group(tmp_path, doc)
+    recovery: dict[str, float] = {}
+    began = time.monotonic()
+    try:
+        for name in ("a", "b", "c"):
+            group.start(name)
+        async with Progress(kafka_bootstrap, readings, group_id) as progress:
+            producing = asyncio.create_task(produce(sim, kafka_bootstrap, readings, rate=RATE))
+            # Steady state: all six partitions scored by the three instances.
+            recovery["3 instances start"] = await progress.caught_up(began, group, "start")
+
+            for change, act in (
+                ("4th instance joins", lambda: group.start("d")),
+                ("SIGKILL b", lambda: group.procs.pop("b").send_signal(signal.SIGKILL)),
+                ("SIGTERM c", lambda: group.procs["c"].send_signal(signal.SIGTERM)),
+            ):
+                await asyncio.sleep(2.0)
+                at = time.monotonic()
+                act()
+                if change == "SIGTERM c":
+                    stopped = group.procs.pop("c")
+                    assert await asyncio.to_thread(stopped.wait, 20) == 0, group.log("c")[-2000:]
+                recovery[change] = await progress.caught_up(at, group, change)
+            produced = await producing
+            recovery["end of stream"] = await progress.caught_up(time.monotonic(), group, "end")
+    finally:
+        for name in list(group.procs):
+            if group.procs[name].poll() is None:
+                group.procs[name].send_signal(signal.SIGTERM)
+        codes = {n: p.wait(20) for n, p in group.procs.items()}
+        group.close()
+    assert codes == {"a": 0, "d": 0}, codes
+
+    expected = set()
+    first = sim.config.start_ms + (PLANT_WINDOW - 1) * sim.config.interval_ms
+    for ts_ms, _ in sim.arrays():
+        steps = [t for t in ts_ms.tolist() if t >= first]
+        expected.update((asset, t) for asset in sim.assets for t in steps)
+    scored = await _scored(kafka_bootstrap, scores)
+    missing = expected - set(scored)
+    assert not missing, f"{len(missing)} windows never scored, e.g. {sorted(missing)[:3]}"
+    events = [AlertEvent.from_json(r.value) for r in await read_topic(kafka_bootstrap, alerts)]
+    ids = Counter(e.event_id for e in events)
+    twice = sum(1 for n in scored.values() if n > 1)
+    print(
+        f"\nscale-out: {produced} readings, {len(expected)} windows expected, all scored "
+        f"({twice} twice, replay after SIGKILL); {len(events)} alert events, "
+        f"{sum(n > 1 for n in ids.values())} duplicated; total {time.monotonic() - began:.0f}s"
+    )
+    for change, seconds in recovery.items():
+        print(f"  caught up after {change}: {seconds:.1f}s")
+    assert events, "the quick alert rule should have opened alerts"
+    assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1]

@@ -5,12 +5,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 KAFKA  := $(PYTHON) deploy/local/kafka.py
+OBS    := $(PYTHON) deploy/local/observability.py
 DEMO   := .demo
 # The CPU build of torch; any other version pulls several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install java kafka-install kafka-start kafka-stop lint typecheck pytest test demo demo-steps clean
+.PHONY: help install java kafka-install kafka-start kafka-stop observability-install lint typecheck \
+	pytest test demo demo-steps clean
 
 help:
 	@echo "make demo   simulate a plant, train a bundle, monitor a live faulty stream with serve"
@@ -42,6 +44,10 @@ kafka-start: kafka-install
 kafka-stop:
 	$(KAFKA) stop
 
+# Debian's Prometheus and Alertmanager, for the observability tests (their services never start).
+observability-install:
+	$(OBS) install
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -53,7 +59,7 @@ pytest: install
 	$(BIN)/pytest
 
 # Starts Kafka only if it was not already running, and then stops it again whatever happened.
-test: install kafka-install
+test: install kafka-install observability-install
 	@was_running=0; $(KAFKA) status >/dev/null 2>&1 && was_running=1; \
 	$(KAFKA) start || exit 1; \
 	status=0; $(MAKE) --no-print-directory lint typecheck pytest || status=$$?; \

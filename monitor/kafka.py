@@ -31,6 +31,11 @@ _AUTH_ERRORS = (
 )
 #: Upper bound of the diagnostic connection made after a client failed to start.
 _PROBE_TIMEOUT_MS = 10_000
+#: How often clients refresh cluster metadata even when nothing failed. aiokafka's default (5 min)
+#: is too slow here: when a broker restarts, the group can re-form while the broker is still
+#: loading its topics; the member then holds *no* partitions, fetches nothing, hits no error
+#: and so refreshes nothing until this age passes (found by tests/integration/test_faults.py).
+METADATA_MAX_AGE_MS = 10_000
 
 
 def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
@@ -40,6 +45,7 @@ def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
         "client_id": settings.client_id,
         "security_protocol": settings.security_protocol,
         "request_timeout_ms": settings.request_timeout_ms,
+        "metadata_max_age_ms": METADATA_MAX_AGE_MS,
     }
     if settings.security_protocol in ("SSL", "SASL_SSL"):
         kwargs["ssl_context"] = _ssl_context(settings)
@@ -94,7 +100,8 @@ async def _probe(settings: KafkaSettings) -> BaseException | None:
     if not host or not port.isdigit():
         return None
     kwargs = client_kwargs(settings)
-    kwargs.pop("bootstrap_servers")
+    for key in ("bootstrap_servers", "metadata_max_age_ms"):
+        kwargs.pop(key)
     kwargs["request_timeout_ms"] = min(settings.request_timeout_ms, _PROBE_TIMEOUT_MS)
     try:
         conn = await create_conn(host.strip("[]"), int(port), **kwargs)

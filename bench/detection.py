@@ -28,6 +28,9 @@ from typing import Any
 from training.evaluate import AlertOptions, ModelOptions, evaluate
 from training.evaluate.simdata import SimDataset, write_sim_dataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import cpu_model
+
 #: SKAB's published leaderboards (waico/SKAB, commit b2c0d46), copied as numbers with attribution.
 SKAB_OUTLIER = [
     ("Conv-AE", 0.78, 13.55, 28.02),
@@ -71,14 +74,7 @@ SIM_KEYS = (
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import numpy
     import onnxruntime
     import torch

@@ -50,6 +50,9 @@ from monitor.records import encode_binary
 from monitor.scoring import Scorer
 from monitor.service import Service
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 FORMATS = ("json", "json-batch", "binary")
 BATCH = 100  # readings per message for json-batch and binary (a gateway's batch)
@@ -190,15 +193,20 @@ async def prefill(
 # --- the four measurements -------------------------------------------------------------------
 
 
-async def consume_limit(bootstrap: str, topic: str, n_messages: int) -> float:
-    """Seconds to fetch every message of ``topic`` with ``getmany`` and nothing else."""
-    consumer = AIOKafkaConsumer(
+def fresh_consumer(bootstrap: str, topic: str, role: str) -> AIOKafkaConsumer:
+    """A consumer in a new group, so it reads ``topic`` from the beginning."""
+    return AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
-        group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+        group_id=f"bench-{role}-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
+
+
+async def consume_limit(bootstrap: str, topic: str, n_messages: int) -> float:
+    """Seconds to fetch every message of ``topic`` with ``getmany`` and nothing else."""
+    consumer = fresh_consumer(bootstrap, topic, "raw")
     await consumer.start()
     try:
         seen = 0
@@ -276,13 +284,7 @@ async def naive_run(bootstrap: str, topic: str, bundle: Bundle, n_messages: int)
     session = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
     features = list(m.features)
     windows: dict[str, collections.deque[list[float]]] = {}
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"bench-naive-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = fresh_consumer(bootstrap, topic, "naive")
     await consumer.start()
     try:
         seen = 0
@@ -344,14 +346,7 @@ print(int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import aiokafka
 
     ext = "with" if _aiokafka_c_ext() else "WITHOUT"

@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help install java kafka-install kafka-start kafka-stop observability-install lint typecheck \
-	pytest test demo demo-steps clean
+	pytest test demo demo-steps fuzz soak bench-scaleout bench-performance clean
 
 help:
 	@echo "make demo   simulate a plant, train a bundle, monitor a live faulty stream with serve"
@@ -87,6 +87,19 @@ demo-steps:
 	@echo
 	$(BIN)/python deploy/local/demo.py --bundle $(DEMO)/bundle --workdir $(DEMO) \
 	  --pumps 4 --compressors 2 --plant-seed 1 --hours 3
+
+# Longer runs, not part of make test (results in bench/results/).
+fuzz: install
+	$(BIN)/python bench/fuzz_decoders.py --seconds 60
+
+soak: install kafka-install
+	$(BIN)/python bench/soak.py --minutes 60 --fault-every 300 --rate 500
+
+bench-scaleout: install kafka-start
+	$(BIN)/python bench/scaleout.py
+
+bench-performance: install kafka-start
+	$(BIN)/python bench/performance.py
 
 clean:
 	rm -rf $(DEMO) .mypy_cache .ruff_cache .pytest_cache

@@ -33,7 +33,7 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, ProducerFenced
 from prometheus_client import CollectorRegistry
 
 from monitor import offsets
@@ -85,11 +85,18 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, service: Service) -> None:
         self.service = service
 
+    # aiokafka runs these from its coordinator task, possibly while a batch is being scored or
+    # committed. Holding the batch lock, a revocation waits until the batch in flight has
+    # committed: otherwise its transaction would commit the revoked partition with the window
+    # state already forgotten (start = last + 1, no replay for the next owner: the first L - 1
+    # windows of every asset there went unscored; found by tests/integration/test_scaleout.py).
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.service._revoke(revoked)
+        async with self.service._batch_lock:
+            self.service._revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self.service._assign(assigned)
+        async with self.service._batch_lock:
+            await self.service._assign(assigned)
 
 
 class Service(Lifecycle):
@@ -124,6 +131,8 @@ class Service(Lifecycle):
         self._slots: dict[TopicPartition, int] = {}
         self._model_in_use: LoadedModel | None = None
         self._pipeline: _Pipeline | None = None
+        #: Held while a batch is processed and committed, and by rebalance callbacks.
+        self._batch_lock = asyncio.Lock()
 
     @property
     def pipeline(self) -> _Pipeline:
@@ -186,19 +195,11 @@ class Service(Lifecycle):
         )
         await self._ops.start()
         kafka = client_kwargs(s.kafka)
-        instance = s.instance_id or socket.gethostname()
         try:
             self._admin = AIOKafkaAdminClient(**kafka)
             await self._admin.start()
             await self._check_topics()
-            self._producer = AIOKafkaProducer(
-                **kafka,
-                acks="all",
-                enable_idempotence=True,
-                transactional_id=f"plantwatch-{s.input.group_id}-{instance}",
-                transaction_timeout_ms=s.kafka.transaction_timeout_ms,
-                linger_ms=5,
-            )
+            self._producer = self._new_producer()
             await self._producer.start()
             self._consumer = AIOKafkaConsumer(
                 **kafka,
@@ -244,8 +245,73 @@ class Service(Lifecycle):
                 timeout_ms=s.fetch_timeout_ms, max_records=s.fetch_max_records
             )
             if batch:
-                await self._process(batch)
+                async with self._batch_lock:
+                    # Records fetched before a rebalance may belong to partitions revoked since.
+                    owned = self._consumer.assignment()
+                    batch = {tp: records for tp, records in batch.items() if tp in owned}
+                    try:
+                        if batch:
+                            await self._process(batch)
+                    except _NotCommittedError as exc:
+                        await self._rewind(exc)
             self._update_lag()
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        s = self.settings
+        instance = s.instance_id or socket.gethostname()
+        return AIOKafkaProducer(
+            **client_kwargs(s.kafka),
+            acks="all",
+            enable_idempotence=True,
+            transactional_id=f"plantwatch-{s.input.group_id}-{instance}",
+            transaction_timeout_ms=s.kafka.transaction_timeout_ms,
+            linger_ms=5,
+        )
+
+    async def _rewind(self, cause: BaseException) -> None:
+        """Recover from a batch whose transaction failed, without a restart.
+
+        The batch's effects were aborted, but the windows and alert state already moved on. So,
+        as after a restart: a fresh producer with the same transactional id (fencing the old
+        one and aborting whatever it left open), then every assigned partition forgets its
+        state, restores it from the last commit and is re-read from the committed offset.
+        Retries until it succeeds or a stop is requested.
+        """
+        logger.warning("batch not committed (%s); rewinding to the last commit", cause)
+        assert self._consumer is not None
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                if self._producer is not None:
+                    producer, self._producer = self._producer, None
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(producer.stop(), PROBE_INTERVAL_S)
+                self._producer = self._new_producer()
+                await self._producer.start()
+                assigned = sorted(self._consumer.assignment())
+                self._revoke(assigned)
+                await self._assign(assigned)
+                committed = await self._admin_offsets(assigned)
+                for tp in assigned:
+                    if tp in committed:
+                        self._consumer.seek(tp, committed[tp])
+                    else:
+                        await self._consumer.seek_to_beginning(tp)
+                logger.info("rewound %d partition(s) to their last commit", len(assigned))
+                return
+            except KafkaError as exc:
+                logger.warning("rewind failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, PROBE_INTERVAL_S)
+
+    async def _admin_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        assert self._admin is not None
+        if not tps:
+            return {}
+        committed = await self._admin.list_consumer_group_offsets(
+            self.settings.input.group_id, partitions=tps
+        )
+        return {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
 
     async def _check_topics(self) -> None:
         """Refuse to start without the topics the service writes to or reads from.
@@ -365,6 +431,11 @@ class Service(Lifecycle):
             state = offsets.decode(meta.metadata if meta is not None else None)
             if state is None:
                 continue
+            # Read from the offset of the very commit whose metadata is used, not from
+            # wherever the consumer's own position ends up (records fetched before the
+            # rebalance must not skip part of the replay).
+            if self._consumer is not None and meta is not None and meta.offset >= 0:
+                self._consumer.seek(tp, meta.offset)
             self._replay_through[tp] = state.scored_through
             if state.detector:
                 try:
@@ -530,22 +601,36 @@ class Service(Lifecycle):
             start = min(needed.get(self._slot(tp), last + 1), last + 1)
             through = max(last, self._replay_through.get(tp, -1))
             commits[tp] = (start, self._commit_metadata(tp, through))
+        sent: list[asyncio.Future[object]] = []
         try:
             async with self._producer.transaction():
                 for event in out.alerts:
-                    await self._producer.send(
-                        s.alerts.topic, event.to_json(), key=event.asset.encode()
+                    sent.append(
+                        await self._producer.send(
+                            s.alerts.topic, event.to_json(), key=event.asset.encode()
+                        )
                     )
                 if s.scores.topic:
                     for asset, doc in out.scores:
-                        await self._producer.send(s.scores.topic, doc, key=asset)
+                        sent.append(await self._producer.send(s.scores.topic, doc, key=asset))
                 for dl_key, dl_value, headers in out.dead_letters:
-                    await self._producer.send(
-                        s.input.dead_letter_topic, dl_value, key=dl_key, headers=headers
+                    sent.append(
+                        await self._producer.send(
+                            s.input.dead_letter_topic, dl_value, key=dl_key, headers=headers
+                        )
                     )
                 await self._producer.send_offsets_to_transaction(commits, s.input.group_id)
+                # aiokafka commits a transaction even when some of its records failed (e.g.
+                # OutOfOrderSequenceNumber after a broker restart): those would be lost while
+                # the offsets move on. Every record must be acknowledged, else the transaction
+                # aborts (found by tests/integration/test_faults.py).
+                await asyncio.gather(*sent)
+        except ProducerFenced as exc:
+            raise KafkaUnavailableError(
+                f"another instance with instance_id {s.instance_id!r} took over: {exc}"
+            ) from exc
         except KafkaError as exc:
-            raise KafkaUnavailableError(f"could not commit a batch transaction: {exc}") from exc
+            raise _NotCommittedError(f"could not commit a batch transaction: {exc!r}") from exc
 
     def _commit_metadata(self, tp: TopicPartition, through: int) -> str:
         """The fullest detector state that fits in Kafka's commit metadata limit."""
@@ -586,6 +671,10 @@ class Service(Lifecycle):
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                     max(high - position, 0)
                 )
+
+
+class _NotCommittedError(KafkaUnavailableError):
+    """A batch transaction failed and was aborted: the service rewinds to the last commit."""
 
 
 #: Window-store rejection reasons as ``plantwatch_readings_total{result=...}``.

@@ -194,12 +194,22 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 
     Values that look like JSON lists or objects (``[...]``, ``{...}``) are parsed as JSON, so
     ``PLANTWATCH_INPUT__TOPICS='["a","b"]'`` works; everything else stays a string for the model
-    to coerce.
+    to coerce. ``PLANTWATCH_<SECTION>__<FIELD>_FILE=/path`` reads the value from a file (the
+    Docker/Kubernetes secrets convention; one trailing newline is dropped), so secrets need not
+    sit in the environment.
     """
     out: dict[str, Any] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == "PLANTWATCH_CONFIG":
             continue
+        if name.endswith("_FILE"):
+            try:
+                raw = Path(raw).read_text(encoding="utf-8").removesuffix("\n")
+            except OSError as exc:
+                raise ConfigError(
+                    f"environment {name}: cannot read {raw} ({exc.strerror})"
+                ) from None
+            name = name.removesuffix("_FILE")
         path = name[len(ENV_PREFIX) :].lower().split("__")
         value: Any = raw
         if raw[:1] in "[{":

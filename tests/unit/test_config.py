@@ -112,3 +112,21 @@ def test_detector_rule_follows_the_window_length() -> None:
     assert DetectorSettings(k=2, n=4, m=3).resolved(32) == (2, 4, 3)
     with pytest.raises(ConfigError, match=r"detector\.k \(40\) must not exceed"):
         DetectorSettings(n=10).resolved(32)
+
+
+def test_secrets_can_come_from_files(tmp_path: Path) -> None:
+    secret = tmp_path / "sasl-password"
+    secret.write_text("from-a-file\n")
+    env = {
+        "PLANTWATCH_MODEL__PATH": "/m",
+        "PLANTWATCH_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+        "PLANTWATCH_KAFKA__SASL_MECHANISM": "PLAIN",
+        "PLANTWATCH_KAFKA__SASL_USERNAME": "pw",
+        "PLANTWATCH_KAFKA__SASL_PASSWORD_FILE": str(secret),
+    }
+    s = load_settings(None, env)
+    assert s.kafka.sasl_password is not None
+    assert s.kafka.sasl_password.get_secret_value() == "from-a-file"
+    env["PLANTWATCH_KAFKA__SASL_PASSWORD_FILE"] = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="PLANTWATCH_KAFKA__SASL_PASSWORD_FILE: cannot read"):
+        load_settings(None, env)

@@ -49,7 +49,10 @@ class Metrics:
             registry=r,
         )
         self.messages = Counter(
-            f"{p}_messages_total", "Kafka messages consumed, by topic.", ["topic"], registry=r
+            f"{p}_messages_total",
+            "Kafka messages consumed and committed (fully handled), by topic.",
+            ["topic"],
+            registry=r,
         )
         self.dead_letters = Counter(
             f"{p}_dead_letter_total",

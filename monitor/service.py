@@ -464,7 +464,6 @@ class Service(Lifecycle):
         # Most messages carry one reading; the store copies offsets, so one array serves all.
         one = np.empty(1, dtype=np.int64)
         for tp, records in batch.items():
-            m.messages.labels(tp.topic).inc(len(records))
             replay_through = self._replay_through.get(tp, -1)
             assets = self._partition_assets[tp]
             slot = self._slot(tp)
@@ -512,6 +511,9 @@ class Service(Lifecycle):
         if len(ready):
             await self._score(ready, out)
         await self._commit(out, last_offset)
+        # Counted once the batch is scored and committed: "consumed" means fully handled.
+        for tp, records in batch.items():
+            m.messages.labels(tp.topic).inc(len(records))
         for tp, offset in last_offset.items():
             self._position[tp] = offset + 1
             if self._replay_through.get(tp, -1) <= offset:

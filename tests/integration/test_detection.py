@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 WINDOW = PLANT_WINDOW
 #: Faults whose physics the model must catch at this size; see the note on the others below.
-CLEAR_FAULTS = ("bearing_wear", "cavitation", "valve_step")
+CLEAR_FAULTS = ("bearing_wear", "cavitation")
 
 
 @pytest.fixture(scope="module")

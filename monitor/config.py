@@ -70,9 +70,6 @@ class InputSettings(_Section):
     #: Records per ``getmany`` call and how long it waits for them.
     fetch_max_records: int = Field(default=5_000, ge=1)
     fetch_timeout_ms: int = Field(default=100, ge=1)
-    #: After records arrive, keep fetching this long (or up to fetch_max_records) before
-    #: processing: each batch costs one Kafka transaction, so tiny batches would dominate.
-    batch_linger_ms: int = Field(default=20, ge=0)
 
     @model_validator(mode="after")
     def _topics(self) -> InputSettings:

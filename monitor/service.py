@@ -241,7 +241,9 @@ class Service(Lifecycle):
         assert self._consumer is not None
         s = self.settings.input
         while not self._stop.is_set():
-            batch = await self._fetch(s.fetch_timeout_ms, s.fetch_max_records, s.batch_linger_ms)
+            batch = await self._consumer.getmany(
+                timeout_ms=s.fetch_timeout_ms, max_records=s.fetch_max_records
+            )
             if batch:
                 async with self._batch_lock:
                     # Records fetched before a rebalance may belong to partitions revoked since.
@@ -253,36 +255,6 @@ class Service(Lifecycle):
                     except _NotCommittedError as exc:
                         await self._rewind(exc)
             self._update_lag()
-
-    async def _fetch(
-        self, timeout_ms: int, max_records: int, linger_ms: int
-    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
-        """One batch: the first ``getmany``, topped up for up to ``linger_ms``.
-
-        Every batch costs one Kafka transaction (a few milliseconds of broker round trips), so
-        under a live stream, where each ``getmany`` returns only what arrived since the last,
-        lingering briefly keeps that cost from dominating.
-        """
-        assert self._consumer is not None
-        batch: dict[
-            TopicPartition, list[ConsumerRecord[bytes, bytes]]
-        ] = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        if not batch or linger_ms <= 0:
-            return batch
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + linger_ms / 1000
-        count = sum(len(records) for records in batch.values())
-        while count < max_records:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            more = await self._consumer.getmany(
-                timeout_ms=max(1, int(remaining * 1000)), max_records=max_records - count
-            )
-            for tp, records in more.items():
-                batch.setdefault(tp, []).extend(records)
-                count += len(records)
-        return batch
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings

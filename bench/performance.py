@@ -236,8 +236,12 @@ def scoring_limit(bundle: Bundle, batch_sizes: tuple[int, ...], seconds: float) 
     return out
 
 
-async def plantwatch_run(bootstrap: str, topic: str, bundle: Bundle, n_messages: int) -> float:
-    """Seconds for the real service to consume, score and commit every message of ``topic``."""
+async def start_service(
+    bootstrap: str, topic: str, bundle: Bundle, **input_settings: Any
+) -> tuple[Service, asyncio.Task[None]]:
+    """The real service on ``topic`` in a fresh group, with its own alert and dead-letter topics."""
+    from prometheus_client import CollectorRegistry
+
     tag = uuid.uuid4().hex[:6]
     await create_topics(bootstrap, [f"bench-dlq-{tag}", f"bench-alerts-{tag}"], 1)
     settings = Settings.model_validate(
@@ -247,7 +251,7 @@ async def plantwatch_run(bootstrap: str, topic: str, bundle: Bundle, n_messages:
                 "topics": [topic],
                 "group_id": f"bench-pw-{tag}",
                 "dead_letter_topic": f"bench-dlq-{tag}",
-                "fetch_max_records": 5000,
+                **input_settings,
             },
             "model": {"path": str(bundle.path), "device": "cpu", "reload": "off"},
             "alerts": {"topic": f"bench-alerts-{tag}"},
@@ -256,11 +260,14 @@ async def plantwatch_run(bootstrap: str, topic: str, bundle: Bundle, n_messages:
             "instance_id": f"bench-{tag}",
         }
     )
-    from prometheus_client import CollectorRegistry
-
     service = Service(settings, registry=CollectorRegistry())
     await service.start()
-    task = asyncio.create_task(service.run())
+    return service, asyncio.create_task(service.run())
+
+
+async def plantwatch_run(bootstrap: str, topic: str, bundle: Bundle, n_messages: int) -> float:
+    """Seconds for the real service to consume, score and commit every message of ``topic``."""
+    service, task = await start_service(bootstrap, topic, bundle, fetch_max_records=5000)
     try:
         started = time.perf_counter()
         while True:
@@ -348,31 +355,9 @@ async def latency_run(
     the second, from a separate process; the figures come from the service's own
     ``end_to_end_latency_seconds`` histogram, interpolated within buckets.
     """
-    tag = uuid.uuid4().hex[:6]
-    topic = f"bench-latency-{tag}"
+    topic = f"bench-latency-{uuid.uuid4().hex[:6]}"
     await create_topics(bootstrap, [topic], 4)
-    await create_topics(bootstrap, [f"bench-dlq-{tag}", f"bench-alerts-{tag}"], 1)
-    settings = Settings.model_validate(
-        {
-            "kafka": {"bootstrap_servers": bootstrap},
-            "input": {
-                "topics": [topic],
-                "group_id": f"bench-lat-{tag}",
-                "dead_letter_topic": f"bench-dlq-{tag}",
-                "fetch_timeout_ms": 10,
-            },
-            "model": {"path": str(bundle.path), "device": "cpu", "reload": "off"},
-            "alerts": {"topic": f"bench-alerts-{tag}"},
-            "delivery": {"enabled": False},
-            "http": {"host": "127.0.0.1", "port": 0},
-            "instance_id": f"bench-{tag}",
-        }
-    )
-    from prometheus_client import CollectorRegistry
-
-    service = Service(settings, registry=CollectorRegistry())
-    await service.start()
-    task = asyncio.create_task(service.run())
+    service, task = await start_service(bootstrap, topic, bundle, fetch_timeout_ms=10)
     try:
         await asyncio.sleep(3)  # join the group before readings arrive
         producer = await asyncio.create_subprocess_exec(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -110,3 +113,21 @@ async def read_topic(bootstrap: str, topic: str, *, idle_s: float = 1.5) -> list
 
 async def read_alerts(bootstrap: str, topic: str) -> list[AlertEvent]:
     return [AlertEvent.from_json(r.value) for r in await read_topic(bootstrap, topic)]
+
+
+PLANTWATCH = str(Path(sys.executable).with_name("plantwatch"))
+
+
+def start_serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``plantwatch serve --config`` as a real process (JSON logs appended to ``log``).
+
+    ``PLANTWATCH_*`` variables of the test environment are dropped so only ``config`` counts.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANTWATCH_")}
+    with log.open("ab") as fh:
+        return subprocess.Popen(
+            [PLANTWATCH, "--log-format", "json", "serve", "--config", str(config)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )

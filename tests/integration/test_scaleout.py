@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -28,14 +26,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from monitor import offsets
 from monitor.events import AlertEvent
-from tests.harness import read_topic
+from tests.harness import read_topic, start_serve
 from tests.plant import PLANT, PLANT_WINDOW
 from training.simulator import PlantConfig, PlantSimulator, produce
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 NewTopic = Callable[..., Awaitable[str]]
-PLANTWATCH = str(Path(sys.executable).with_name("plantwatch"))
 PARTITIONS = 6
 RATE = 600  # readings/s: well under what three instances score on 2 shared cores
 #: A killed member holds its partitions until its session times out (aiokafka: 10 s).
@@ -54,14 +51,7 @@ class Group:
         doc = {**self.doc, "instance_id": name}
         config = self.tmp_path / f"{name}.yaml"
         config.write_text(yaml.safe_dump(doc))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PLANTWATCH_")}
-        with (self.tmp_path / f"{name}.log").open("ab") as fh:
-            self.procs[name] = subprocess.Popen(
-                [PLANTWATCH, "--log-format", "json", "serve", "--config", str(config)],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        self.procs[name] = start_serve(config, self.tmp_path / f"{name}.log")
 
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)

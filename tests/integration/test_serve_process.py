@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -21,14 +18,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from monitor.bundle import MANIFEST_FILE, MODEL_FILE
 from monitor.events import AlertEvent
-from tests.harness import read_topic, running, sample, settings_for, wait_for
+from tests.harness import read_topic, running, sample, settings_for, start_serve, wait_for
 from tests.plant import PLANT, PLANT_WINDOW
 from training.simulator import PlantConfig, PlantSimulator, produce
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 NewTopic = Callable[..., Awaitable[str]]
-PLANTWATCH = str(Path(sys.executable).with_name("plantwatch"))
 
 
 class Topics:
@@ -60,17 +56,6 @@ def _config(tmp_path: Path, bootstrap: str, bundle: Path, t: Topics, group: str)
     path = tmp_path / "plantwatch.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
-
-
-def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANTWATCH_")}
-    with log.open("ab") as fh:
-        return subprocess.Popen(
-            [PLANTWATCH, "--log-format", "json", "serve", "--config", str(config)],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
 
 
 def _expected_windows(sim: PlantSimulator) -> set[tuple[str, int]]:
@@ -122,7 +107,7 @@ async def test_sigkill_mid_stream_then_restart_loses_and_repeats_nothing(
     sim = _plant(2, seed=31, n_faults=6)
     config = _config(tmp_path, kafka_bootstrap, plant_bundle, t, group="kill-test")
     log = tmp_path / "serve.log"
-    first = _start(config, log)
+    first = start_serve(config, log)
     try:
         producing = asyncio.create_task(produce(sim, kafka_bootstrap, t.readings, rate=4000))
         await asyncio.sleep(3.5)
@@ -132,7 +117,7 @@ async def test_sigkill_mid_stream_then_restart_loses_and_repeats_nothing(
         committed_at_kill = await _committed(kafka_bootstrap, "kill-test")
         produced = await producing
         assert 0 < committed_at_kill < produced, "the kill must land mid-stream"
-        second = _start(config, log)
+        second = start_serve(config, log)
         try:
             expected = _expected_windows(sim)
             deadline = time.monotonic() + 120
@@ -169,7 +154,7 @@ async def test_sigterm_stops_within_deadline_and_commits_exactly(
     sim = _plant(1, seed=32, n_faults=3)
     config = _config(tmp_path, kafka_bootstrap, plant_bundle, t, group="term-test")
     log = tmp_path / "serve.log"
-    proc = _start(config, log)
+    proc = start_serve(config, log)
     try:
         producing = asyncio.create_task(produce(sim, kafka_bootstrap, t.readings, rate=3000))
         await asyncio.sleep(3.0)

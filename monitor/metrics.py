@@ -66,6 +66,11 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.batch_rewinds = Counter(
+            f"{p}_batch_rewinds_total",
+            "Batches whose transaction failed: aborted and consumed again from the last commit.",
+            registry=r,
+        )
         self.windows_scored = Counter(
             f"{p}_windows_scored_total", "Windows scored by the model.", registry=r
         )

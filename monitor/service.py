@@ -35,6 +35,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, ProducerFenced
 from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as PromCounter
 
 from monitor import offsets
 from monitor.config import Settings
@@ -70,6 +71,14 @@ class _Outgoing:
     dead_letters: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = field(
         default_factory=list
     )
+    #: Counter increments, applied only once the batch has committed: a batch rewound after a
+    #: failed transaction is consumed again and must not count twice (a test waiting for
+    #: "every reading counted" would otherwise stop the service before the last ones scored).
+    counts: list[tuple[PromCounter, float]] = field(default_factory=list)
+
+    def count(self, counter: PromCounter, amount: float = 1) -> None:
+        if amount:
+            self.counts.append((counter, amount))
 
 
 @dataclass(frozen=True)
@@ -278,6 +287,7 @@ class Service(Lifecycle):
         Retries until it succeeds or a stop is requested.
         """
         logger.warning("batch not committed (%s); rewinding to the last commit", cause)
+        self.metrics.batch_rewinds.inc()
         assert self._consumer is not None
         delay = 0.5
         while not self._stop.is_set():
@@ -501,17 +511,17 @@ class Service(Lifecycle):
                     )
             last_offset[tp] = records[-1].offset
         for outcome, count in (("ok", ok), ("invalid", invalid), *rejected_total.items()):
-            if count:
-                m.readings.labels(outcome).inc(count)
+            out.count(m.readings.labels(outcome), count)
         for kind, count in (("carried_forward", carried), ("window_reset", resets)):
-            if count:
-                m.data_quality.labels(kind).inc(count)
+            out.count(m.data_quality.labels(kind), count)
 
         ready = p.store.collect()
         if len(ready):
             await self._score(ready, out)
         await self._commit(out, last_offset)
         # Counted once the batch is scored and committed: "consumed" means fully handled.
+        for counter, amount in out.counts:
+            counter.inc(amount)
         for tp, records in batch.items():
             m.messages.labels(tp.topic).inc(len(records))
         for tp, offset in last_offset.items():
@@ -551,7 +561,7 @@ class Service(Lifecycle):
             m.scoring_batch_size.observe(len(chunk))
             scores[start : start + len(chunk)] = result.score
             errors[start : start + len(chunk)] = result.sensor_error
-        m.windows_scored.inc(len(idx))
+        out.count(m.windows_scored, len(idx))
         # An even sample of the batch keeps the histogram's percentiles at a bounded cost.
         now_ms = time.time() * 1000.0
         sample = ts_ms[:: max(1, len(ts_ms) // LATENCY_SAMPLES)]
@@ -565,7 +575,7 @@ class Service(Lifecycle):
 
         events = detector.observe(assets, ts_ms, scores, errors)
         for event in events:
-            m.alert_events.labels(event.event.value, event.severity.value).inc()
+            out.count(m.alert_events.labels(event.event.value, event.severity.value))
             logger.info(
                 "alert %s %s asset=%s score=%.4g peak=%.4g severity=%s top=%s",
                 event.alert_id,
@@ -582,7 +592,7 @@ class Service(Lifecycle):
     def _dead_letter(
         self, out: _Outgoing, record: ConsumerRecord[bytes, bytes], reason: str, detail: str
     ) -> None:
-        self.metrics.dead_letters.labels(reason).inc()
+        out.count(self.metrics.dead_letters.labels(reason))
         headers = [
             ("plantwatch.reason", reason.encode()),
             ("plantwatch.detail", detail.encode()[:1000]),

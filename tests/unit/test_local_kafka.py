@@ -86,6 +86,73 @@ def test_zookeeper_properties_bind_loopback_only(tmp_path: Path) -> None:
     assert props["dataDir"] == str(tmp_path / "data" / "zookeeper")
 
 
+def test_sasl_and_tls_listeners_render_per_listener_jaas(tmp_path: Path) -> None:
+    cluster = lk.LocalKafka(
+        home=tmp_path,
+        kafka_port=19092,
+        zk_port=12181,
+        sasl_port=19093,
+        sasl_ssl_port=19094,
+        sasl_users=(("alice", "s3cret"), ("bob", "pw")),
+    )
+    cluster.validate()
+    props = cluster.kafka_properties()
+    assert props["listeners"] == (
+        "PLAINTEXT://127.0.0.1:19092,SASL_PLAINTEXT://127.0.0.1:19093,SASL_SSL://127.0.0.1:19094"
+    )
+    assert props["advertised.listeners"] == props["listeners"]
+    # Brokers talk to each other (and start() probes) over the plain listener.
+    assert props["security.inter.broker.protocol"] == "PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+    for listener in ("sasl_plaintext", "sasl_ssl"):
+        plain = props[f"listener.name.{listener}.plain.sasl.jaas.config"]
+        assert 'user_alice="s3cret"' in plain
+        assert 'user_bob="pw"' in plain
+        assert plain.endswith(";")
+        for scram in ("scram-sha-256", "scram-sha-512"):
+            assert "ScramLoginModule" in props[f"listener.name.{listener}.{scram}.sasl.jaas.config"]
+    assert props["ssl.keystore.location"] == str(tmp_path / "tls" / "broker.jks")
+    assert props["ssl.keystore.type"] == "JKS"
+    assert cluster.listener("SASL_SSL") == "127.0.0.1:19094"
+    assert cluster.listener("SASL_PLAINTEXT") == "127.0.0.1:19093"
+    assert cluster.ca_file == tmp_path / "tls" / "ca.pem"
+
+
+def test_sasl_plaintext_alone_has_no_tls_settings(tmp_path: Path) -> None:
+    cluster = lk.LocalKafka(home=tmp_path, sasl_port=19093, sasl_users=(("alice", "pw"),))
+    props = cluster.kafka_properties()
+    assert "listener.name.sasl_plaintext.plain.sasl.jaas.config" in props
+    assert not any(key.startswith("ssl.") or "sasl_ssl" in key for key in props)
+    with pytest.raises(lk.LocalKafkaError, match="no SASL_SSL listener"):
+        cluster.listener("SASL_SSL")
+
+
+def test_plain_cluster_has_no_security_settings(tmp_path: Path) -> None:
+    props = lk.LocalKafka(home=tmp_path).kafka_properties()
+    assert not any(key.startswith(("sasl.", "ssl.", "listener.name.")) for key in props)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sasl_port": 19093}, "need at least one user"),
+        ({"sasl_port": 19093, "sasl_users": (("alice", 'pa"ss'),)}, "unsupported SASL user"),
+        ({"sasl_port": 19093, "sasl_users": (("", "pw"),)}, "unsupported SASL user"),
+        ({"sasl_port": 19093, "sasl_users": (("a=b", "pw"),)}, "unsupported SASL user"),
+        ({"sasl_port": 9092, "sasl_users": (("alice", "pw"),)}, "listener ports must differ"),
+        ({"sasl_ssl_port": 70000, "sasl_users": (("alice", "pw"),)}, "port must be 1-65535"),
+    ],
+)
+def test_invalid_sasl_settings_fail_with_one_line(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(lk.LocalKafkaError, match=message) as info:
+        lk.LocalKafka(home=tmp_path, **kwargs).validate()
+    assert "\n" not in str(info.value)
+    # The password never appears in the error.
+    assert 'pa"ss' not in str(info.value)
+
+
 def test_render_properties_escapes_and_rejects() -> None:
     text = lk.render_properties({"a.b": "x", "path": "C:\\dir"})
     assert text.splitlines()[1:] == ["a.b=x", "path=C:\\\\dir"]

@@ -93,7 +93,7 @@ fuzz: install
 	$(BIN)/python bench/fuzz_decoders.py --seconds 60
 
 soak: install kafka-install
-	$(BIN)/python bench/soak.py --minutes 60 --fault-every 300 --rate 500
+	$(BIN)/python bench/soak.py --minutes 60 --fault-every 300 --rate auto
 
 bench-scaleout: install kafka-start
 	$(BIN)/python bench/scaleout.py

@@ -90,7 +90,9 @@ demo-steps:
 
 # Longer runs, not part of make test (results in bench/results/).
 fuzz: install
+	$(BIN)/pip install -q -e '.[fuzz]'
 	$(BIN)/python bench/fuzz_decoders.py --seconds 60
+	$(BIN)/python bench/fuzz_decoders.py --engine atheris --seconds 600
 
 soak: install kafka-install
 	$(BIN)/python bench/soak.py --minutes 60 --fault-every 300 --rate auto

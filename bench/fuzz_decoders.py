@@ -237,12 +237,24 @@ def run_atheris(seconds: float) -> None:
     def target(data: bytes) -> None:
         check(b"pump-1", data)  # a Finding propagates: atheris saves the crash input
 
-    corpus = FINDINGS.parent / "fuzz-corpus"
+    # Coverage feedback: without instrumenting the decoder's bytecode libFuzzer mutates blind
+    # (its corpus never grows past one input).
+    atheris.instrument_all()
+    corpus = ROOT / ".fuzz" / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     for i, data in enumerate(seeds()):
         (corpus / f"seed-{i}").write_bytes(data)
+    FINDINGS.mkdir(parents=True, exist_ok=True)
     atheris.Setup(
-        [sys.argv[0], str(corpus), f"-max_total_time={int(seconds)}", "-max_len=65536"], target
+        [
+            sys.argv[0],
+            str(corpus),
+            f"-max_total_time={int(seconds)}",
+            "-max_len=65536",
+            f"-artifact_prefix={FINDINGS}/",
+            "-print_final_stats=1",
+        ],
+        target,
     )
     atheris.Fuzz()
 

@@ -7,6 +7,7 @@ directory::
       manifest.json   # this module's :class:`Manifest`
       model.onnx      # input ``window`` float32 [batch, length, n_features] of *raw* readings;
                       # outputs ``score`` float32 [batch] and ``sensor_error`` [batch, n_features]
+      manifest.sig    # optional: Ed25519 signature of manifest.json (:mod:`monitor.signing`)
 
 The graph applies the scaler and computes the per-sensor reconstruction error itself, so the
 service never re-derives preprocessing: it feeds raw windows in manifest feature order and
@@ -23,11 +24,16 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from monitor.errors import BundleError
+from monitor.signing import SIGNATURE_FILE, TrustedKey, read_signature, signature_document, verify
+from monitor.signing import write_signature as _write_signature
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 #: The manifest schema this runtime reads. Bump on any incompatible change.
 SCHEMA_VERSION = 1
@@ -136,6 +142,9 @@ class Bundle:
     path: Path
     manifest: Manifest
     onnx_path: Path
+    #: Fingerprint of the trusted key whose signature was verified; ``None`` when the load
+    #: was not asked to verify one (no trusted keys).
+    signed_by: str | None = None
 
     @property
     def sha256(self) -> str:
@@ -150,20 +159,32 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_bundle(path: str | Path, *, expected_features: Sequence[str] | None = None) -> Bundle:
+def load_bundle(
+    path: str | Path,
+    *,
+    expected_features: Sequence[str] | None = None,
+    trusted_keys: Sequence[TrustedKey] = (),
+) -> Bundle:
     """Read and verify a bundle directory.
 
     Raises :class:`BundleError` with a one-line reason if the manifest is missing or invalid, its
     schema version is not :data:`SCHEMA_VERSION`, the ONNX file's sha256 differs from the
     manifest's, or ``expected_features`` (the feature order the caller's data uses) differs.
+    With ``trusted_keys``, the bundle must also carry a signature (``manifest.sig``) of the
+    manifest's exact bytes by one of them; the bytes verified are the bytes parsed.
     """
     root = Path(path)
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise BundleError(f"{root}: not a model bundle (no {MANIFEST_FILE})")
     try:
-        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = manifest_path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    signed_by = verify(data, root, trusted_keys).fingerprint if trusted_keys else None
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from None
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != SCHEMA_VERSION:
@@ -191,7 +212,25 @@ def load_bundle(path: str | Path, *, expected_features: Sequence[str] | None = N
         )
     if expected_features is not None:
         check_features(manifest, expected_features, where=str(root))
-    return Bundle(path=root, manifest=manifest, onnx_path=onnx_path)
+    return Bundle(path=root, manifest=manifest, onnx_path=onnx_path, signed_by=signed_by)
+
+
+def sign_bundle(path: str | Path, key: Ed25519PrivateKey) -> Path:
+    """Verify the bundle at ``path`` (schema, ONNX sha256) and write its ``manifest.sig``.
+
+    The signature covers the manifest bytes that were verified: a manifest rewritten meanwhile
+    is a :class:`BundleError`, never a signature of something unchecked.
+    """
+    root = Path(path)
+    manifest_path = root / MANIFEST_FILE
+    try:
+        before = manifest_path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{root}: not a model bundle ({MANIFEST_FILE}: {exc.strerror})") from None
+    load_bundle(root)
+    if manifest_path.read_bytes() != before:
+        raise BundleError(f"{manifest_path}: changed while it was being signed; sign again")
+    return _write_signature(root, signature_document(before, key))
 
 
 def check_features(manifest: Manifest, features: Sequence[str], *, where: str) -> None:
@@ -257,8 +296,22 @@ def describe(bundle: Bundle) -> str:
         f"            files: {', '.join(data.files)}",
         f"            assets: {', '.join(data.assets) or '(single series)'}",
         f"created     {m.created}",
+        f"signature   {signature_line(bundle)}",
         f"versions    {', '.join(f'{k} {val}' for k, val in m.versions.items())}",
         f"features    {m.n_features}, in order (scaler applied inside the graph):",
         scaler,
     ]
     return "\n".join(lines)
+
+
+def signature_line(bundle: Bundle) -> str:
+    """Whether the bundle is signed, and by which key (verified or only claimed)."""
+    if bundle.signed_by is not None:
+        return f"verified, trusted key {bundle.signed_by}"
+    try:
+        parsed = read_signature(bundle.path / SIGNATURE_FILE)
+    except BundleError as exc:
+        return f"unusable {SIGNATURE_FILE} ({exc})"
+    if parsed is None:
+        return f"none (no {SIGNATURE_FILE})"
+    return f"{SIGNATURE_FILE} claims key {parsed.claimed_key} (not verified: no trusted key given)"

@@ -20,6 +20,8 @@ from monitor import __version__
 from monitor.errors import ConfigError, DependencyError, PlantwatchError
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from monitor.config import Settings
 
 logger = logging.getLogger("plantwatch")
@@ -226,6 +228,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--name", help="model name recorded in the manifest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--sign-key",
+        type=Path,
+        help="sign the bundle with this Ed25519 private key (PEM) once it is written",
+    )
+    p.add_argument("--key-password-file", type=Path, help="password of an encrypted --sign-key")
     p.set_defaults(handler=_run_train)
 
 
@@ -248,6 +256,10 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"threshold rule {args.threshold_rule}: {exc}") from None
     if not 0.0 < args.validation_fraction < 1.0:
         raise ConfigError("--validation-fraction must be between 0 and 1")
+    # Read the key before hours of training, not after.
+    sign_key = (
+        _signing_key(args.sign_key, args.key_password_file) if args.sign_key is not None else None
+    )
     config = TrainConfig(
         data=args.data,
         out=args.out,
@@ -280,6 +292,12 @@ def _run_train(args: argparse.Namespace) -> int:
     result = train_bundle(config)
     m = result.bundle.manifest
     print(f"bundle  {result.bundle.path}")
+    if sign_key is not None:
+        from monitor.bundle import sign_bundle
+        from monitor.signing import fingerprint
+
+        signature = sign_bundle(result.bundle.path, sign_key)
+        print(f"signed  {signature} (key {fingerprint(sign_key.public_key())})")
     print(f"report  {result.report[-1]}")
     print(
         f"model   {m.model.name} {m.model.version}: threshold {m.threshold.value:.4g}, "
@@ -322,17 +340,87 @@ def _add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("bundle", type=Path, help="bundle directory")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument(
+        "--trusted-key",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PUBLIC.pem",
+        help="also require a signature by this public key (repeatable), as model.trusted_keys",
+    )
     p.set_defaults(handler=_run_inspect)
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from monitor.bundle import describe, load_bundle
+    from monitor.signing import load_trusted_keys
 
-    bundle = load_bundle(args.bundle)
+    keys = load_trusted_keys(args.trusted_key, setting="--trusted-key")
+    bundle = load_bundle(args.bundle, trusted_keys=keys)
     if args.json:
         print(json.dumps(bundle.manifest.model_dump(mode="json"), indent=2))
     else:
         print(describe(bundle))
+    return 0
+
+
+def _add_sign(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "sign",
+        help="sign a model bundle (Ed25519), or make a signing key pair",
+        description=(
+            "Verify a bundle (schema, ONNX hash) and write manifest.sig, an Ed25519 signature of "
+            "manifest.json's exact bytes, which serve checks when model.trusted_keys is set. "
+            "Keys are PEM: openssl genpkey -algorithm ed25519 -out key.pem; openssl pkey -in "
+            "key.pem -pubout -out key.pub (or --generate-key). Keep the private key on the "
+            "release machine, never on the plant servers."
+        ),
+    )
+    p.add_argument("bundle", type=Path, nargs="?", help="bundle directory to sign")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--key", type=Path, metavar="PRIVATE.pem", help="Ed25519 private key")
+    what.add_argument(
+        "--generate-key",
+        type=Path,
+        metavar="DIR",
+        help="write a new key pair DIR/plantwatch-signing.pem (0600) and .pub, then exit",
+    )
+    p.add_argument("--key-password-file", type=Path, help="password of an encrypted --key")
+    p.set_defaults(handler=_run_sign)
+
+
+def _signing_key(key: Path, password_file: Path | None) -> Ed25519PrivateKey:
+    from monitor.signing import load_private_key
+
+    password = None
+    if password_file is not None:
+        try:
+            password = password_file.read_bytes().removesuffix(b"\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"--key-password-file {password_file}: cannot read ({exc.strerror})"
+            ) from None
+    return load_private_key(key, password)
+
+
+def _run_sign(args: argparse.Namespace) -> int:
+    from monitor.bundle import sign_bundle
+    from monitor.signing import fingerprint, generate_key_pair, load_trusted_keys
+
+    if args.generate_key is not None:
+        if args.bundle is not None:
+            raise ConfigError("--generate-key makes a key pair only; sign with --key afterwards")
+        private, public = generate_key_pair(args.generate_key)
+        (trusted,) = load_trusted_keys([public], setting="generated key")
+        print(f"private {private}  (keep it off the plant servers)")
+        print(f"public  {public}  (list it in model.trusted_keys)")
+        print(f"key     {trusted.fingerprint}")
+        return 0
+    if args.bundle is None:
+        raise ConfigError("sign: give the bundle directory to sign")
+    key = _signing_key(args.key, args.key_password_file)
+    signature = sign_bundle(args.bundle, key)
+    print(f"signed  {args.bundle} -> {signature} (key {fingerprint(key.public_key())})")
     return 0
 
 
@@ -493,23 +581,51 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--k", type=int, help="alert opens on k of the last n windows")
     p.add_argument("--n", type=int)
     p.add_argument("--m", type=int, help="quiet windows that resolve an alert")
+    p.add_argument(
+        "--hysteresis", type=float, default=0.8, help="quiet: score below this x threshold"
+    )
     p.add_argument("--separator", default=",", help="generic: CSV separator")
     p.add_argument("--timestamp-column", default="timestamp", help="generic: '' if none")
     p.add_argument("--label-column", default="label", help="generic: 0/1 label column")
     p.add_argument("--asset-column", default="asset", help="generic: '' if one series per file")
     p.add_argument("--ignore-columns", type=csv_list, default=(), help="generic: not sensors")
     p.add_argument("--bundle", type=Path, help="generic: evaluate this bundle, do not train")
+    p.add_argument(
+        "--via-kafka",
+        action="store_true",
+        help="generic: also stream the test files through Kafka and a real serve, and check "
+        "that its window scores and alert events equal the offline ones",
+    )
+    p.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka for --via-kafka")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(handler=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     try:
-        from training.evaluate import AlertOptions, GenericOptions, ModelOptions, evaluate
+        import training.evaluate  # noqa: F401 - fail early, before any work, without the extra
     except ImportError as exc:
         raise DependencyError(
             f"'plantwatch evaluate' needs the training extra ({exc.name} is missing): "
             "pip install 'plantwatch[train]'"
         ) from None
+    if args.via_kafka and args.protocol != "generic":
+        raise ConfigError("--via-kafka replays the generic protocol's test files only")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    import tempfile
+
+    # The bundles stay on disk until the end: --via-kafka serves the trained one.
+    with tempfile.TemporaryDirectory(prefix="plantwatch-eval-") as work:
+        return _evaluate_in(args, Path(work))
+
+
+def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
+    from training.evaluate import AlertOptions, GenericOptions, ModelOptions, evaluate
+
+    alerts = AlertOptions(mode=args.rule, k=args.k, n=args.n, m=args.m, hysteresis=args.hysteresis)
     result = evaluate(
         args.protocol,
         args.data,
@@ -521,7 +637,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             threshold_quantile=args.threshold_quantile,
             threshold_factor=args.threshold_factor,
         ),
-        alerts=AlertOptions(mode=args.rule, k=args.k, n=args.n, m=args.m),
+        alerts=alerts,
         generic=GenericOptions(
             separator=args.separator,
             timestamp_column=args.timestamp_column or None,
@@ -530,14 +646,32 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             ignore_columns=tuple(args.ignore_columns or ()),
             bundle=args.bundle,
         ),
+        work_dir=work,
         progress=lambda line: print(f"  {line}", file=sys.stderr),
     )
     for key, value in result.figures.items():
         print(f"{key:<32} {value:.4g}")
+    agreement = None
+    if args.via_kafka:
+        from training.evaluate.online import agree_via_kafka
+
+        agreement = agree_via_kafka(
+            result.replays,
+            Path(result.bundles["bundle"]),
+            alerts.detector(result.options["model"]["window"]),
+            bootstrap=args.bootstrap,
+        )
+        result.extra["kafka_agreement"] = agreement.to_json()
+        print(f"via kafka: {agreement.summary()}")
+        for line in agreement.differences:
+            print(f"  {line}")
     if args.json:
         print(f"json    {result.write_json(args.json)}")
     if args.report:
         print(f"report  {result.write_report(args.report)[0]}")
+    if agreement is not None and not agreement.agree:
+        print("error: the online run disagrees with the offline evaluation", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -589,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_simulate,
         _add_train,
         _add_inspect,
+        _add_sign,
         _add_serve,
         _add_notify,
         _add_evaluate,

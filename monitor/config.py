@@ -87,6 +87,10 @@ class ModelSettings(_Section):
     io_binding: Literal["auto", "on", "off"] = "auto"
     reload: Literal["watch", "sighup", "off"] = "watch"
     reload_poll_s: float = Field(default=2.0, gt=0)
+    #: Ed25519 public keys (PEM files) whose signature (``manifest.sig``, made by
+    #: ``plantwatch sign``) a bundle must carry to be loaded; several allow key rotation.
+    #: Empty: bundles need no signature (the ONNX sha256 is checked either way).
+    trusted_keys: tuple[Path, ...] = ()
 
 
 class WindowSettings(_Section):

@@ -5,12 +5,16 @@ completely (in a worker thread) and then swaps the reference, so a batch is alwa
 exactly one model and no reading is dropped. A bundle that fails verification, or whose feature
 list or window length differs from the running one (the windows in memory are shaped by them),
 is refused: the old model keeps serving, one line is logged and the failure is counted.
+
+With trusted keys (``model.trusted_keys``) a bundle must also be signed by one of them; the key
+files are read again on every load, so a key added or retired there counts from the next reload.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from monitor.errors import BundleError, PlantwatchError
 from monitor.events import ModelRef
 from monitor.metrics import Metrics
 from monitor.scoring import Device, Scorer
+from monitor.signing import SIGNATURE_FILE, load_trusted_keys
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +43,24 @@ class LoadedModel:
         return self.bundle.manifest.threshold.value
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    """What changes when a bundle is rewritten in place or swapped in by rename."""
+Stamp = tuple[int, ...]
+
+
+def _stamp(path: Path) -> Stamp | None:
+    """What changes when a bundle is rewritten in place or swapped in by rename.
+
+    The signature file counts too: a signature copied in after its manifest is a new bundle.
+    """
     try:
         st = (path / MANIFEST_FILE).stat()
     except OSError:
         return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+    try:
+        sig = (path / SIGNATURE_FILE).stat()
+        signature: Stamp = (sig.st_ino, sig.st_mtime_ns, sig.st_size)
+    except OSError:
+        signature = ()
+    return (st.st_ino, st.st_mtime_ns, st.st_size, *signature)
 
 
 class ModelManager:
@@ -58,14 +74,16 @@ class ModelManager:
         threads: int,
         io_binding: bool | None = None,
         metrics: Metrics | None = None,
+        trusted_keys: Sequence[Path] = (),
     ) -> None:
         self.path = path
+        self.trusted_keys = tuple(trusted_keys)
         self.device: Device = device
         self.threads = threads
         self.io_binding = io_binding
         self.metrics = metrics
         self._current: LoadedModel | None = None
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: Stamp | None = None
         self._reload_requested = asyncio.Event()
 
     @property
@@ -79,7 +97,8 @@ class ModelManager:
         return self._current is not None
 
     def _build(self) -> LoadedModel:
-        bundle = load_bundle(self.path)
+        keys = load_trusted_keys(self.trusted_keys)
+        bundle = load_bundle(self.path, trusted_keys=keys)
         scorer = Scorer(
             bundle, device=self.device, threads=self.threads, io_binding=self.io_binding
         )
@@ -92,14 +111,16 @@ class ModelManager:
         self._install(model, stamp)
         return model
 
-    def _install(self, model: LoadedModel, stamp: tuple[int, int, int] | None) -> None:
+    def _install(self, model: LoadedModel, stamp: Stamp | None) -> None:
         self._current, self._stamp = model, stamp
         m = model.bundle.manifest
+        signed = model.bundle.signed_by
         logger.info(
-            "model %s %s (sha256 %s…) loaded; threshold %.6g; provider %s",
+            "model %s %s (sha256 %s…%s) loaded; threshold %.6g; provider %s",
             m.model.name,
             m.model.version,
             model.bundle.sha256[:12],
+            f", signed by key {signed}" if signed else "",
             m.threshold.value,
             model.scorer.provider,
         )

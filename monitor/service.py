@@ -121,6 +121,7 @@ class Service(Lifecycle):
             threads=settings.model.threads,
             io_binding={"auto": None, "on": True, "off": False}[settings.model.io_binding],
             metrics=self.metrics,
+            trusted_keys=settings.model.trusted_keys,
         )
         self._stop = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None

@@ -1,10 +1,23 @@
 """Detection-quality benchmark: SKAB and simulator evaluations through the service path.
 
-Writes ``bench/results/detection.md`` with our rows beside SKAB's published leaderboard, the
-exact command, machine info and seeds. Usage::
+Three steps, each re-runnable on its own so a long benchmark can be done in pieces on a shared
+machine:
 
-    python bench/detection.py --skab /path/to/skab [--families dense,conv] [--seeds 0,1,2]
-        [--skip-skab] [--skip-sim] [--out bench/results/detection.md]
+``run``     evaluate configurations (SKAB and/or the simulator's generic data set) and append one
+            JSON line per run (figures, wall and CPU seconds, load average, options) to ``--log``;
+            ``--cache DIR`` also keeps every run's per-file window scores (``.npz``, outside the
+            repository: they are derived from SKAB data) for ``tune``.
+``tune``    leave-one-group-out cross-validation of the alert rule (threshold rule and detector
+            k/n/m) on cached SKAB scores (:mod:`training.evaluate.tune`); appends its result to
+            the log too.
+``render``  print the Markdown tables (mean ± std over seeds) from the log.
+
+Usage::
+
+    python bench/detection.py run --skab /path/to/skab --skab-families dense,pca --seeds 0,1,2
+    python bench/detection.py run --sim --sim-families dense,conv,lstm,vae,pca --seeds 0,1,2
+    python bench/detection.py tune --skab /path/to/skab --cache /tmp/pw-cache --run dense-w16
+    python bench/detection.py render
 
 SKAB is read by path only (GPL-3.0 data; never copied into this repository).
 """
@@ -25,11 +38,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.evaluate import AlertOptions, ModelOptions, evaluate
+import numpy as np
+
+from training.evaluate import AlertOptions, EvaluationResult, ModelOptions, evaluate
+from training.evaluate.protocols import slug
 from training.evaluate.simdata import SimDataset, write_sim_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import cpu_model
+
+DEFAULT_LOG = Path("bench/results/detection/runs.jsonl")
 
 #: SKAB's published leaderboards (waico/SKAB, commit b2c0d46), copied as numbers with attribution.
 SKAB_OUTLIER = [
@@ -81,182 +99,234 @@ def machine() -> str:
 
     return (
         f"{cpu}, {os.cpu_count()} cores (shared with other jobs), Python "
-        f"{platform.python_version()}, torch {torch.__version__}, onnxruntime "
-        f"{onnxruntime.__version__}, numpy {numpy.__version__}, {platform.platform()}"
+        f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} "
+        f"threads), onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}, "
+        f"{platform.platform()}"
     )
 
 
-def _agg(values: Sequence[float]) -> str:
-    vals = [v for v in values if isinstance(v, float) and math.isfinite(v)]
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _agg(values: Sequence[float], digits: int = 3) -> str:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
         return "n/a"
     if len(vals) == 1:
-        return f"{vals[0]:.3g}"
-    return f"{statistics.mean(vals):.3g} ± {statistics.stdev(vals):.2g}"
+        return f"{vals[0]:.{digits}g}"
+    return f"{statistics.mean(vals):.{digits}g} ± {statistics.stdev(vals):.2g}"
 
 
-def run_skab(
-    root: Path, configs: list[tuple[str, ModelOptions, AlertOptions]]
-) -> list[dict[str, Any]]:
-    rows = []
-    for label, model, alerts in configs:
-        t0 = time.perf_counter()
-        result = evaluate(
-            "skab",
-            root,
-            model=model,
-            alerts=alerts,
-            progress=lambda line: print("  " + line, flush=True),
+def _cache_run(result: EvaluationResult, directory: Path) -> None:
+    """Per-series window scores of one run, for ``tune`` (kept outside the repository)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for r in result.replays:
+        s = r.series
+        np.savez_compressed(
+            directory / f"{slug(s.name)}.npz",
+            name=s.name,
+            score=r.score,
+            labels=s.labels,
+            evaluate_from=s.evaluate_from,
+            threshold=r.threshold,
+            window=result.options["model"]["window"],
         )
-        elapsed = time.perf_counter() - t0
-        print(
-            f"{label}: {json.dumps({k: round(result.figures[k], 3) for k in SKAB_KEYS})} "
-            f"in {elapsed:.0f} s",
-            flush=True,
-        )
-        rows.append(
-            {
-                "label": label,
-                "figures": result.figures,
-                "elapsed_s": elapsed,
-                "rule": result.options["alert_rule"],
-                "model": result.options["model"],
-            }
-        )
-    return rows
 
 
-def run_sim(
-    families: Sequence[str], seeds: Sequence[int], alerts: AlertOptions
-) -> list[dict[str, Any]]:
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="pw-sim-eval-") as tmp:
-        data = write_sim_dataset(Path(tmp) / "sim", SimDataset())
-        for family in families:
-            runs = []
+def _record(
+    log: Path,
+    kind: str,
+    label: str,
+    result: EvaluationResult,
+    wall: float,
+    cpu: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    row = {
+        "kind": kind,
+        "label": label,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python bench/detection.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "machine": machine(),
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "load_after": _load(),
+        "figures": {k: (v if math.isfinite(v) else None) for k, v in result.figures.items()},
+        "options": result.options,
+        **extra,
+    }
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+    return row
+
+
+def _model(args: argparse.Namespace, family: str, seed: int, window: int | None) -> ModelOptions:
+    hyper: dict[str, Any] = json.loads(args.hyper) if args.hyper else {}
+    return ModelOptions(
+        family=family,
+        window=window,
+        epochs=args.epochs,
+        seed=seed,
+        threshold_quantile=args.threshold_quantile,
+        threshold_factor=args.threshold_factor,
+        hyperparameters=hyper,
+    )
+
+
+def _alerts(args: argparse.Namespace) -> AlertOptions:
+    return AlertOptions(mode=args.rule, k=args.k, n=args.n, m=args.m, hysteresis=args.hysteresis)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    alerts = _alerts(args)
+    tag = f"-{args.tag}" if args.tag else ""
+    if args.skab:
+        for family in args.skab_families.split(","):
             for seed in seeds:
-                t0 = time.perf_counter()
-                window = 32
+                model = _model(args, family, seed, args.window)
+                label = f"skab-{family}-w{args.window or 'default'}{tag}"
+                t0, c0 = time.perf_counter(), time.process_time()
+                load0 = _load()
                 result = evaluate(
-                    "generic",
-                    data,
-                    model=ModelOptions(family=family, window=window, seed=seed),
+                    "skab",
+                    args.skab,
+                    model=model,
                     alerts=alerts,
+                    progress=(lambda line: print("  " + line, flush=True))
+                    if args.verbose
+                    else None,
                 )
-                runs.append((result, time.perf_counter() - t0))
-                shown = {k: round(result.figures.get(k, math.nan), 3) for k in SIM_KEYS}
-                print(f"sim {family} seed {seed}: {json.dumps(shown)}", flush=True)
-            rows.append({"family": family, "runs": runs})
-    return rows
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                if args.cache:
+                    _cache_run(result, args.cache / f"{label}-s{seed}")
+                _record(args.log, "skab", label, result, wall, cpu, seed=seed, load_before=load0)
+                shown = {k: round(result.figures[k], 3) for k in SKAB_KEYS}
+                print(f"{label} seed {seed}: {json.dumps(shown)} wall {wall:.0f} s cpu {cpu:.0f} s")
+    if args.sim:
+        with tempfile.TemporaryDirectory(prefix="pw-sim-eval-") as tmp:
+            data = write_sim_dataset(Path(tmp) / "sim", SimDataset())
+            for family in args.sim_families.split(","):
+                for seed in seeds:
+                    model = _model(args, family, seed, args.window)
+                    label = f"sim-{family}-w{args.window or 'default'}{tag}"
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    load0 = _load()
+                    result = evaluate("generic", data, model=model, alerts=alerts)
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                    _record(args.log, "sim", label, result, wall, cpu, seed=seed, load_before=load0)
+                    shown = {k: round(result.figures.get(k, math.nan), 3) for k in SIM_KEYS}
+                    print(
+                        f"{label} seed {seed}: {json.dumps(shown)} "
+                        f"wall {wall:.0f} s cpu {cpu:.0f} s"
+                    )
+    return 0
 
 
-def render(
-    args: argparse.Namespace,
-    skab: list[dict[str, Any]],
-    sim: list[dict[str, Any]],
-    seeds: Sequence[int],
-) -> str:
-    cmd = "python bench/detection.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def cmd_tune(args: argparse.Namespace) -> int:
+    from training.evaluate import tune
+
+    runs = [args.cache / r for r in args.run.split(",")]
+    cached = [tune.load_skab_cache(r, args.skab) for r in runs]
+    report = tune.leave_group_out(cached, tune.default_grid(cached[0][0].window))
+    print(report.text())
+    row = {
+        "kind": "tune",
+        "label": args.run,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python bench/detection.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "load_after": _load(),
+        **report.to_json(),
+    }
+    with args.log.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+    return 0
+
+
+def _rows(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line]
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    rows = _rows(args.log)
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["kind"] in ("skab", "sim"):
+            by.setdefault((r["kind"], r["label"]), []).append(r)
     out = [
-        "# Detection quality",
-        "",
-        f"Command: `{cmd}`  ",
-        f"Machine: {machine()}  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        "",
-        "Every figure comes from `training.evaluate` (`plantwatch evaluate`): bundles trained by",
-        "`train_bundle`, scored through the exported ONNX graph with `Scorer`, windows from",
-        "`WindowStore`, alerts from the service's `Detector` (or, labelled *reference*, SKAB's",
-        "offline Conv-AE rule, for comparison only).",
-        "",
+        "| SKAB configuration | seeds | F1 | FAR % | MAR % | NAB std | NAB lowFP | NAB lowFN "
+        "| wall s/run | CPU s/run | load |",
+        "|---" * 11 + "|",
     ]
-    if skab:
-        out += [
-            "## SKAB (34 labelled files; per file: fit on the first 400 rows, test on the rest)",
-            "",
-            "Point-wise figures pooled over all test rows, no point adjustment; NAB with a 60 s",
-            "window to the right of each changepoint (SKAB's scoring, see",
-            "`training/evaluate/nab.py`).",
-            "",
-            "| ours | F1 | FAR % | MAR % | NAB std | NAB lowFP | NAB lowFN | time |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for row in skab:
-            f = row["figures"]
-            out.append(
-                f"| {row['label']} | {f['f1']:.3f} | {f['far_pct']:.2f} | {f['mar_pct']:.2f} | "
-                f"{f['nab_standard']:.2f} | {f['nab_low_fp']:.2f} | {f['nab_low_fn']:.2f} | "
-                f"{row['elapsed_s']:.0f} s |"
-            )
-        out += ["", "Configurations:", ""]
-        out += [f"- **{r['label']}**: model {r['model']}; alert rule {r['rule']}" for r in skab]
-        out += [
-            "",
-            "Published SKAB leaderboard (waico/SKAB, commit b2c0d46; numbers copied with "
-            "attribution):",
-            "",
-            "| Algorithm | F1 | FAR % | MAR % |",
-            "|---|---|---|---|",
-            *(f"| {a} | {f1} | {far} | {mar} |" for a, f1, far, mar in SKAB_OUTLIER),
-            "",
-            "| Algorithm | NAB std | LowFP | LowFN |",
-            "|---|---|---|---|",
-            *(f"| {a} | {s} | {lfp} | {lfn} |" for a, s, lfp, lfn in SKAB_NAB),
-            "",
-        ]
-    if sim:
-        out += [
-            "## Simulator (generic layout; same plant_seed for train and test)",
-            "",
-            f"Train: 12 h normal, 3 pumps + 1 compressor; test: 8 h of the next day with 12 faults "
-            f"(two per kind). Window 32; mean ± std over seeds {list(seeds)}.",
-            "",
-            "| family | " + " | ".join(SIM_KEYS) + " | time/run |",
-            "|---|" + "---|" * (len(SIM_KEYS) + 1),
-        ]
-        for row in sim:
-            runs = row["runs"]
-            cells = [_agg([r.figures.get(k, math.nan) for r, _ in runs]) for k in SIM_KEYS]
-            t = statistics.mean(e for _, e in runs)
-            out.append(f"| {row['family']} | " + " | ".join(cells) + f" | {t:.0f} s |")
-        out.append("")
-    return "\n".join(out) + "\n"
+    for (kind, label), runs in by.items():
+        if kind != "skab":
+            continue
+        cells = [_agg([r["figures"][k] for r in runs]) for k in SKAB_KEYS]
+        out.append(
+            f"| {label} | {','.join(str(r['seed']) for r in runs)} | "
+            + " | ".join(cells)
+            + f" | {_agg([r['wall_s'] for r in runs])} | {_agg([r['cpu_s'] for r in runs])} | "
+            + f"{_agg([r['load_after'][1] for r in runs], 2)} |"
+        )
+    out += [
+        "",
+        "| simulator configuration | seeds | "
+        + " | ".join(SIM_KEYS)
+        + " | wall s/run | CPU s/run |",
+        "|---" * (len(SIM_KEYS) + 4) + "|",
+    ]
+    for (kind, label), runs in by.items():
+        if kind != "sim":
+            continue
+        cells = [_agg([r["figures"].get(k) for r in runs]) for k in SIM_KEYS]
+        out.append(
+            f"| {label} | {','.join(str(r['seed']) for r in runs)} | "
+            + " | ".join(cells)
+            + f" | {_agg([r['wall_s'] for r in runs])} | {_agg([r['cpu_s'] for r in runs])} |"
+        )
+    print("\n".join(out))
+    return 0
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--skab", type=Path, help="path to a SKAB copy")
-    p.add_argument("--families", default="dense", help="model families for the simulator rows")
-    p.add_argument("--skab-families", default="dense", help="model families for SKAB rows")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument(
-        "--skab-reference",
-        action="store_true",
-        help="also run SKAB with the reference (Conv-AE notebook) alert rule",
-    )
-    p.add_argument("--skip-sim", action="store_true")
-    p.add_argument("--out", type=Path, default=Path("bench/results/detection.md"))
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--log", type=Path, default=DEFAULT_LOG, help="JSON-lines run log")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="evaluate configurations, append to the log")
+    r.add_argument("--skab", type=Path, help="path to a SKAB copy")
+    r.add_argument("--skab-families", default="dense")
+    r.add_argument("--sim", action="store_true", help="also run the simulator generic data set")
+    r.add_argument("--sim-families", default="dense,conv,lstm,vae,pca")
+    r.add_argument("--seeds", default="0,1,2")
+    r.add_argument("--window", type=int)
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--hyper", help="JSON hyperparameters for the model family")
+    r.add_argument("--threshold-quantile", type=float, default=0.99)
+    r.add_argument("--threshold-factor", type=float, default=1.5)
+    r.add_argument("--rule", default="service", choices=("service", "reference"))
+    r.add_argument("--k", type=int)
+    r.add_argument("--n", type=int)
+    r.add_argument("--m", type=int)
+    r.add_argument("--hysteresis", type=float, default=0.8)
+    r.add_argument("--threads", type=int, default=1, help="torch threads")
+    r.add_argument("--tag", default="", help="suffix of the configuration label")
+    r.add_argument("--cache", type=Path, help="keep per-file scores here (for tune)")
+    r.add_argument("--verbose", action="store_true")
+    r.set_defaults(handler=cmd_run)
+    t = sub.add_parser("tune", help="leave-one-group-out CV of the alert rule on cached scores")
+    t.add_argument("--skab", type=Path, required=True)
+    t.add_argument("--cache", type=Path, required=True)
+    t.add_argument("--run", required=True, help="cached run directory name(s), comma-separated")
+    t.set_defaults(handler=cmd_tune)
+    d = sub.add_parser("render", help="print the Markdown tables from the log")
+    d.set_defaults(handler=cmd_render)
     args = p.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    skab: list[dict[str, Any]] = []
-    if args.skab:
-        configs = []
-        for fam in args.skab_families.split(","):
-            configs.append((f"{fam}, service detector", ModelOptions(family=fam), AlertOptions()))
-            if args.skab_reference:
-                configs.append(
-                    (
-                        f"{fam}, reference rule",
-                        ModelOptions(family=fam),
-                        AlertOptions(mode="reference"),
-                    )
-                )
-        skab = run_skab(args.skab, configs)
-    sim = [] if args.skip_sim else run_sim(args.families.split(","), seeds, AlertOptions())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(args, skab, sim, seeds), encoding="utf-8")
-    print(f"wrote {args.out}")
-    return 0
+    return int(args.handler(args))
 
 
 if __name__ == "__main__":

@@ -116,6 +116,8 @@ class EvaluationResult:
     options: dict[str, Any]
     elapsed_s: float
     bundles: dict[str, str] = field(default_factory=dict)
+    #: Further results written into the JSON (e.g. ``kafka_agreement``).
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def per_series(self) -> list[dict[str, Any]]:
         rows = []
@@ -144,6 +146,7 @@ class EvaluationResult:
             **{k: _json_float(v) for k, v in self.figures.items()},
             "elapsed_s": round(self.elapsed_s, 2),
             "options": self.options,
+            **self.extra,
             "series": [
                 {k: _json_float(v) if isinstance(v, float) else v for k, v in row.items()}
                 for row in self.per_series()

@@ -140,6 +140,28 @@ class ScoreSettings(_Section):
     topic: str | None = None
 
 
+class WebhookTlsSettings(_Section):
+    """TLS for one ``https://`` endpoint: whom to trust, and the client certificate to show
+    (mutual TLS). Files are PEM; they are loaded once, when delivery starts."""
+
+    #: CA certificates that sign the endpoint's server certificate (default: the system's).
+    ca_file: Path | None = None
+    #: Client certificate (chain); may also hold the private key.
+    client_cert: Path | None = None
+    #: Private key of ``client_cert`` when it is a separate file.
+    client_key: Path | None = None
+    #: Password of an encrypted private key.
+    client_key_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> WebhookTlsSettings:
+        if self.client_cert is None and (
+            self.client_key is not None or self.client_key_password is not None
+        ):
+            raise ValueError("client_key and client_key_password need client_cert")
+        return self
+
+
 class WebhookSettings(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     url: str = Field(pattern=r"^https?://")
@@ -147,6 +169,13 @@ class WebhookSettings(_Section):
     secret: SecretStr | None = None
     timeout_s: float = Field(default=5.0, gt=0)
     headers: dict[str, SecretStr] = Field(default_factory=dict)
+    tls: WebhookTlsSettings | None = None
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> WebhookSettings:
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise ValueError(f"webhook {self.name}: tls settings need an https:// url")
+        return self
 
 
 class DeliverySettings(_Section):
@@ -200,7 +229,9 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     ``PLANTWATCH_INPUT__TOPICS='["a","b"]'`` works; everything else stays a string for the model
     to coerce. ``PLANTWATCH_<SECTION>__<FIELD>_FILE=/path`` reads the value from a file (the
     Docker/Kubernetes secrets convention; one trailing newline is dropped), so secrets need not
-    sit in the environment.
+    sit in the environment. A numeric part indexes a list from the settings file:
+    ``PLANTWATCH_DELIVERY__WEBHOOKS__0__TLS__CLIENT_KEY_PASSWORD_FILE=/run/secrets/key-pw``
+    sets a field of the first webhook there.
     """
     out: dict[str, Any] = {}
     for name, raw in environ.items():
@@ -237,10 +268,35 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+        current = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            merged[key] = _merge(current, value)
+        elif (
+            isinstance(value, Mapping)
+            and isinstance(current, list)
+            and value
+            and all(str(k).isdigit() for k in value)
+        ):
+            merged[key] = _merge_list(key, current, value)
         else:
             merged[key] = value
+    return merged
+
+
+def _merge_list(name: str, base: list[Any], over: Mapping[str, Any]) -> list[Any]:
+    """Environment overrides of single entries (``..._0__FIELD``) of a list from the file."""
+    merged = list(base)
+    for index, value in over.items():
+        i = int(index)
+        if i >= len(merged):
+            raise ConfigError(
+                f"environment override of {name}[{i}]: the settings file lists "
+                f"{len(merged)} entries"
+            )
+        if isinstance(value, Mapping) and isinstance(merged[i], dict):
+            merged[i] = _merge(merged[i], value)
+        else:
+            merged[i] = value
     return merged
 
 

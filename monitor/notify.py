@@ -139,10 +139,15 @@ class Notifier(Lifecycle):
         kwargs = client_kwargs(self._settings.kafka)
         self._session = aiohttp.ClientSession()
         policy = RetryPolicy.from_settings(self._delivery)
-        self._senders = [
-            WebhookSender(self._session, endpoint, policy, self._metrics, rng=self._rng)
-            for endpoint in self._delivery.webhooks
-        ]
+        try:
+            # Each sender loads its endpoint's TLS files now: a bad one fails the start.
+            self._senders = [
+                WebhookSender(self._session, endpoint, policy, self._metrics, rng=self._rng)
+                for endpoint in self._delivery.webhooks
+            ]
+        except BaseException:
+            await self.stop()
+            raise
         self._am_senders = [s for s in self._senders if s.endpoint.format == "alertmanager"]
         if not self._senders:
             log.warning("no webhooks configured: alert events will be consumed and dropped")

@@ -13,6 +13,11 @@ Signature scheme (when the endpoint has a ``secret``)::
 Receivers check it with :func:`verify_signature` and de-duplicate by the ``Idempotency-Key``
 header (the event's ``event_id``, also in the body): delivery is at-least-once.
 
+Mutual TLS (an endpoint's ``tls`` settings): :func:`client_ssl_context` builds one
+:class:`ssl.SSLContext` per endpoint when the sender is created, with the endpoint's CA and
+client certificate; a missing, unreadable or mismatched file is a one-line
+:class:`~monitor.errors.ConfigError` then, never at the first alert.
+
 Alertmanager (``format: alertmanager``) keeps an alert firing only until its ``endsAt``; without
 one it resolves the alert ``resolve_timeout`` (5 min) after the last post. So a firing alert is
 posted with ``endsAt = now + ALERTMANAGER_LEASE_S`` and the notifier re-posts every firing alert
@@ -32,6 +37,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -39,8 +45,11 @@ from enum import StrEnum
 from typing import Any, Final
 
 import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from monitor.config import DeliverySettings, WebhookSettings
+from monitor.config import DeliverySettings, WebhookSettings, WebhookTlsSettings
+from monitor.errors import ConfigError
 from monitor.events import SEVERITY_ORDER, AlertEvent, EventType, SensorShare
 from monitor.metrics import Metrics
 
@@ -215,6 +224,80 @@ def verify_signature(
     return hmac.compare_digest(sign(secret, ts, body).encode(), header.encode())
 
 
+# --- TLS ------------------------------------------------------------------------------------
+
+
+def client_ssl_context(endpoint: WebhookSettings) -> ssl.SSLContext | None:
+    """The endpoint's TLS context, or ``None`` (aiohttp's default) without ``tls`` settings.
+
+    Raises :class:`ConfigError` in one line naming the setting and file when a file is missing
+    or unreadable, holds no usable certificate or key, the key cannot be decrypted or does not
+    belong to the certificate. The key password never appears in a message.
+    """
+    tls = endpoint.tls
+    if tls is None:
+        return None
+    where = f"delivery.webhooks {endpoint.name}: tls"
+    for field in ("ca_file", "client_cert", "client_key"):
+        path = getattr(tls, field)
+        if path is not None:
+            try:
+                path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{where}.{field} {path}: cannot read ({exc.strerror or exc})"
+                ) from None
+    try:
+        context = ssl.create_default_context(
+            cafile=str(tls.ca_file) if tls.ca_file is not None else None
+        )
+    except (ssl.SSLError, OSError):
+        raise ConfigError(
+            f"{where}.ca_file {tls.ca_file}: no usable CA certificate in it (PEM expected)"
+        ) from None
+    if tls.client_cert is not None:
+        password = tls.client_key_password.get_secret_value() if tls.client_key_password else ""
+        try:
+            # A callable, even for an unencrypted key: with no password at all OpenSSL would
+            # prompt for one on the terminal.
+            context.load_cert_chain(tls.client_cert, tls.client_key, password=lambda: password)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(_client_cert_problem(where, tls, exc)) from None
+    return context
+
+
+def _client_cert_problem(where: str, tls: WebhookTlsSettings, exc: BaseException) -> str:
+    """Which file is at fault when OpenSSL only says "PEM lib"."""
+    assert tls.client_cert is not None
+    cert = tls.client_cert
+    key_field, key = ("client_key", tls.client_key) if tls.client_key else ("client_cert", cert)
+    if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+        return f"{where}.{key_field} {key}: the key does not belong to client_cert {cert}"
+    try:
+        x509.load_pem_x509_certificates(cert.read_bytes())
+    except ValueError:
+        return f"{where}.client_cert {cert}: no PEM certificate in it"
+    data = key.read_bytes()
+    password = (
+        tls.client_key_password.get_secret_value().encode() if tls.client_key_password else None
+    )
+    try:
+        load_pem_private_key(data, password)
+    except TypeError:
+        if password is None:
+            return (
+                f"{where}.{key_field} {key}: the key is encrypted and no client_key_password is set"
+            )
+    except ValueError:
+        if b"ENCRYPTED" in data:
+            return f"{where}.{key_field} {key}: cannot decrypt the key (wrong client_key_password?)"
+        return f"{where}.{key_field} {key}: no PEM private key in it"
+    return (
+        f"{where}: cannot use client_cert {cert} with {key_field} {key} "
+        f"({getattr(exc, 'reason', None) or type(exc).__name__})"
+    )
+
+
 # --- retry policy -----------------------------------------------------------------------------
 
 
@@ -308,16 +391,23 @@ class DeliveryResult:
         return self.outcome is Outcome.DELIVERED
 
 
+RESET: Final = f"ECONNRESET ({os.strerror(errno.ECONNRESET)})"
+
+
 def describe_error(exc: BaseException) -> str:
     """A log-safe description of a transport error: class name and OS error code.
 
     aiohttp's messages can embed the request URL, which may carry a token, so no message text
-    is kept; the errno (``ECONNREFUSED``) says what went wrong.
+    is kept; the errno (``ECONNREFUSED``) or the TLS reason (``CERTIFICATE_VERIFY_FAILED``)
+    says what went wrong.
     """
     name = type(exc).__name__
     os_error = getattr(exc, "os_error", None)
     if not isinstance(os_error, OSError):
         os_error = exc if isinstance(exc, OSError) else None
+    reason = getattr(os_error, "reason", None)
+    if isinstance(os_error, ssl.SSLError) and isinstance(reason, str):
+        return f"{name}: TLS {reason}"
     if os_error is not None and os_error.errno:
         code = errno.errorcode.get(os_error.errno, str(os_error.errno))
         return f"{name}: {code} ({os.strerror(os_error.errno)})"
@@ -344,6 +434,16 @@ class WebhookSender:
         self._rng = rng or random.Random()
         self._timeout = aiohttp.ClientTimeout(total=endpoint.timeout_s)
         self._secret = endpoint.secret.get_secret_value().encode() if endpoint.secret else None
+        #: Built once here (at start), not per request: loading keys is slow and may fail.
+        self._ssl: ssl.SSLContext | bool = client_ssl_context(endpoint) or True
+
+    def _describe(self, exc: BaseException) -> str:
+        text = describe_error(exc)
+        if self.endpoint.url.startswith("https://") and text.endswith(RESET):
+            # TLS 1.3 servers check the client certificate after the client's side of the
+            # handshake is done: a refused certificate reaches the client as a reset.
+            text += "; over TLS, a server that refuses the client certificate resets"
+        return text
 
     def _headers(self, event: AlertEvent, body: bytes) -> dict[str, str]:
         # Configured headers first, so they cannot override the signature or idempotency key.
@@ -392,6 +492,7 @@ class WebhookSender:
                 headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
+                ssl=self._ssl,
             ) as response:
                 # Drain the body so the connection goes back to the pool.
                 await response.read()
@@ -413,7 +514,7 @@ class WebhookSender:
                 status, retry_after_header = await self._attempt(event, body)
             except RETRIABLE_ERRORS as exc:
                 verdict = Verdict.RETRY
-                last_status, last_error = None, describe_error(exc)
+                last_status, last_error = None, self._describe(exc)
             else:
                 verdict = classify_status(status)
                 last_status, last_error = status, None

@@ -35,6 +35,7 @@ from monitor.sinks.webhook import (
     TIMESTAMP_HEADER,
     verify_signature,
 )
+from tests.certs import self_signed_ca
 from tests.harness import read_topic
 from tests.own_kafka import PASSWORD, create_topics, own_kafka, secure_kafka
 
@@ -201,20 +202,6 @@ async def test_serve_and_notify_authenticate_over_sasl_ssl_and_sasl_plaintext(
           f"{len(set(keys))} delivered over SASL")  # fmt: skip
 
 
-def _untrusted_ca(tmp_path: Path) -> Path:
-    ca = tmp_path / "other-ca.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=not-the-broker-ca", "-keyout", str(tmp_path / "other.key")),
-            *("-out", str(ca)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return ca
-
-
 @pytest.mark.parametrize(
     ("command", "protocol", "mechanism", "fault", "message"),
     [
@@ -238,7 +225,7 @@ def test_bad_credentials_or_untrusted_broker_fail_at_start_in_one_line(
     password = wrong if fault == "password" else PASSWORD
     kafka = secure_kafka(cluster, protocol, mechanism, password=password)
     if fault == "ca":
-        kafka["ssl_cafile"] = str(_untrusted_ca(tmp_path))
+        kafka["ssl_cafile"] = str(self_signed_ca(tmp_path, "not-the-broker-ca")[0])
     config = _config(
         tmp_path,
         f"{command}-bad",

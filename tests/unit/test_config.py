@@ -130,3 +130,62 @@ def test_secrets_can_come_from_files(tmp_path: Path) -> None:
     env["PLANTWATCH_KAFKA__SASL_PASSWORD_FILE"] = str(tmp_path / "missing")
     with pytest.raises(ConfigError, match="PLANTWATCH_KAFKA__SASL_PASSWORD_FILE: cannot read"):
         load_settings(None, env)
+
+
+WEBHOOK_TLS = """
+model: {path: /m}
+delivery:
+  webhooks:
+    - name: ops
+      url: "https://hooks.example.org/plantwatch"
+      tls: {ca_file: /etc/pw/ca.pem, client_cert: /etc/pw/client.pem, client_key: /etc/pw/c.key}
+    - {name: plain, url: "http://127.0.0.1:9000/hook"}
+"""
+
+
+def test_webhook_tls_settings_and_password_from_a_file(tmp_path: Path) -> None:
+    password = tmp_path / "key-pw"
+    password.write_text("k3y-pass\n")
+    env = {"PLANTWATCH_DELIVERY__WEBHOOKS__0__TLS__CLIENT_KEY_PASSWORD_FILE": str(password)}
+    s = load_settings(write(tmp_path, WEBHOOK_TLS), env)
+    ops, plain = s.delivery.webhooks
+    assert ops.tls is not None
+    assert ops.tls.ca_file == Path("/etc/pw/ca.pem")
+    assert ops.tls.client_cert == Path("/etc/pw/client.pem")
+    assert ops.tls.client_key == Path("/etc/pw/c.key")
+    assert ops.tls.client_key_password is not None
+    assert ops.tls.client_key_password.get_secret_value() == "k3y-pass"
+    assert "k3y-pass" not in repr(s)
+    # The override touched the first webhook only; the rest of the list is the file's.
+    assert plain.tls is None
+    assert plain.url == "http://127.0.0.1:9000/hook"
+    # Without tls settings nothing changes.
+    assert load_settings(write(tmp_path, WEBHOOK_TLS), {}).delivery.webhooks[0].tls is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        (
+            WEBHOOK_TLS,
+            {"PLANTWATCH_DELIVERY__WEBHOOKS__5__TLS__CLIENT_KEY": "/k"},
+            r"webhooks\[5\]: the settings file lists 2 entries",
+        ),
+        (
+            WEBHOOK_TLS,
+            {"PLANTWATCH_DELIVERY__WEBHOOKS__1__TLS__CLIENT_CERT": "/c"},
+            r"delivery\.webhooks\.1: Value error, webhook plain: tls settings need an https:// url",
+        ),
+        (
+            WEBHOOK_TLS.replace("client_cert: /etc/pw/client.pem, ", ""),
+            {},
+            r"delivery\.webhooks\.0\.tls: Value error, client_key and client_key_password need",
+        ),
+    ],
+)
+def test_webhook_tls_errors_are_one_line(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(write(tmp_path, text), env)
+    assert "\n" not in str(info.value)

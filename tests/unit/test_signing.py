@@ -308,3 +308,28 @@ async def test_start_fails_on_an_unsigned_bundle(bundle: Path, keys: dict[str, P
     manager = ModelManager(bundle, device="cpu", threads=1, trusted_keys=[bundle / "x.pub"])
     with pytest.raises(ConfigError, match=r"x\.pub: cannot read"):
         await manager.load()
+
+
+def test_a_signature_made_by_openssl_verifies(
+    bundle: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """An outside signer (OpenSSL, a token) can write manifest.sig itself, as documented."""
+    raw = tmp_path / "sig.bin"
+    subprocess.run(
+        [
+            *("openssl", "pkeyutl", "-sign", "-rawin", "-inkey", str(keys["a"])),
+            *("-in", str(bundle / MANIFEST_FILE), "-out", str(raw)),
+        ],
+        check=True,
+    )
+    doc = {
+        "format": "plantwatch-signature/1",
+        "algorithm": "ed25519",
+        "key": "made-by-openssl",
+        "signature": base64.b64encode(raw.read_bytes()).decode(),
+    }
+    (bundle / SIGNATURE_FILE).write_text(json.dumps(doc))
+    a = trusted(keys["a.pub"])
+    assert load_bundle(bundle, trusted_keys=a).signed_by == a[0].fingerprint
+    with pytest.raises(BundleError, match="signed by key made-by-openssl, which is not a trusted"):
+        load_bundle(bundle, trusted_keys=trusted(keys["b.pub"]))

@@ -8,7 +8,7 @@ import pytest
 
 from monitor.cli import build_parser, duration, main
 
-COMMANDS = ("simulate", "train", "inspect", "serve", "notify", "evaluate", "bench")
+COMMANDS = ("simulate", "train", "inspect", "sign", "serve", "notify", "evaluate", "bench")
 
 
 def test_help_explains_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:

@@ -333,3 +333,23 @@ def test_a_signature_made_by_openssl_verifies(
     assert load_bundle(bundle, trusted_keys=a).signed_by == a[0].fingerprint
     with pytest.raises(BundleError, match="signed by key made-by-openssl, which is not a trusted"):
         load_bundle(bundle, trusted_keys=trusted(keys["b.pub"]))
+
+
+def test_train_signs_the_bundle_it_writes(
+    tmp_path: Path, keys: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import sine_frame
+
+    data = tmp_path / "normal.csv"
+    sine_frame(3000).to_csv(data, index=False)
+    out = tmp_path / "signed-bundle"
+    train = ["train", "--data", str(data), "--out", str(out), "--model", "pca", "--window", "16"]
+    train += ["--hyper", "n_components=2", "--no-progress"]
+    # A bad key fails at once, before any training.
+    assert main([*train, "--sign-key", str(tmp_path / "missing.pem")]) == 2
+    assert "signing key" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*train, "--sign-key", str(keys["a"])]) == 0
+    fp = load_trusted_keys([keys["a.pub"]])[0].fingerprint
+    assert f"(key {fp})" in capsys.readouterr().out
+    assert load_bundle(out, trusted_keys=trusted(keys["a.pub"])).signed_by == fp

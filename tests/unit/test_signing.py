@@ -353,3 +353,33 @@ def test_train_signs_the_bundle_it_writes(
     fp = load_trusted_keys([keys["a.pub"]])[0].fingerprint
     assert f"(key {fp})" in capsys.readouterr().out
     assert load_bundle(out, trusted_keys=trusted(keys["a.pub"])).signed_by == fp
+
+
+def test_serve_refuses_an_unsigned_bundle_at_start_in_one_line(
+    bundle: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    import sys
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "model": {
+                    "path": str(bundle),
+                    "device": "cpu",
+                    "trusted_keys": [str(keys["a.pub"])],
+                },
+                "http": {"host": "127.0.0.1", "port": 0},
+            }
+        )
+    )
+    exe = Path(sys.executable).with_name("plantwatch")
+    proc = subprocess.run(
+        [exe, "serve", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"plantwatch serve: error: {bundle}: bundle is not signed (no manifest.sig), "
+        "and with trusted keys configured a signature is required"
+    )
+    assert "Traceback" not in proc.stderr

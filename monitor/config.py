@@ -247,7 +247,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             name = name.removesuffix("_FILE")
         path = name[len(ENV_PREFIX) :].lower().split("__")
         value: Any = raw
-        if raw[:1] in "[{":
+        if raw[:1] in ("[", "{"):  # not `in "[{"`: "" is in every string
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError:

@@ -64,6 +64,13 @@ def test_env_json_values() -> None:
         env_overrides({"PLANTWATCH_INPUT__TOPICS": "[x"})
 
 
+def test_env_empty_value_is_an_empty_string_not_json() -> None:
+    # An empty variable (e.g. a blanked-out compose entry) used to fail as "not valid JSON".
+    assert env_overrides({"PLANTWATCH_KAFKA__SASL_USERNAME": ""}) == {
+        "kafka": {"sasl_username": ""}
+    }
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

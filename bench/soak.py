@@ -112,12 +112,14 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def reading(asset: str, step: int, ts: int | None = None) -> bytes:
+def reading(asset: str, step: int, ts: int | None = None, phase: int = 0) -> bytes:
+    """One JSON reading; ``phase`` shifts the asset's pattern so alerts are spread in time."""
+    stamp = START_MS + 1000 * step if ts is None else ts
+    step += phase
     base = math.sin(2 * math.pi * step / 50.0)
     # Every third block of 50 steps is 40x off on one sensor: alerts open and resolve.
     scale = 40.0 if (step // 50) % 3 == 2 else 1.0
     values = {"a": base * scale, "b": 2 * base + 10, "c": math.cos(2 * math.pi * step / 50.0)}
-    stamp = START_MS + 1000 * step if ts is None else ts
     return json.dumps({"asset": asset, "ts": stamp, "values": values}).encode()
 
 
@@ -212,6 +214,9 @@ class Soak:
         self.minutes: list[dict[str, Any]] = []
         self.capacity: dict[str, Any] = {}
         self.began = 0.0
+        # Per instance: (pid, last scrape), and what it counted after that before it was stopped.
+        self.scraped: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.carry: dict[str, tuple[dict[float, float], float]] = {}
         self.tps = [TopicPartition("soak.readings", p) for p in range(PARTITIONS)]
         self.doc: dict[str, Any] = {
             "kafka": {"bootstrap_servers": self.bootstrap, "transaction_timeout_ms": 15_000},
@@ -298,7 +303,10 @@ class Soak:
                     due = t0 + step + s / SLICES
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
                     base = self.t0_ms + 1000 * step
-                    items = [(a, reading(a, step, base + self.offset_ms(i))) for i, a in members]
+                    items = [
+                        (a, reading(a, step, base + self.offset_ms(i), phase=i % 150))
+                        for i, a in members
+                    ]
                     await self.send_all(producer, "soak.readings", items)
                 self.steps += 1
         finally:
@@ -398,7 +406,7 @@ class Soak:
             try:
                 step = 0
                 while not stop.is_set():
-                    items = [(a, reading(a, step)) for a in assets]
+                    items = [(a, reading(a, step, phase=i % 150)) for i, a in enumerate(assets)]
                     await self.send_all(producer, topic, items)
                     produced += len(items)
                     step += 1
@@ -447,9 +455,31 @@ class Soak:
             "exit_codes": codes,
         }
 
+    async def last_scrape(self, name: str) -> None:
+        """Scrape an instance about to be stopped, so its counts since the last sample count."""
+        before = self.scraped.get(name)
+        pid = self.procs[name].pid
+        if before is None or before[0] != pid:
+            return
+        try:
+            now = await asyncio.to_thread(scrape, self.ports[name])
+        except Exception:
+            return
+        old = before[1]
+        if now["scored"] < old["scored"]:
+            return
+        buckets = {b: v - old["buckets"].get(b, 0.0) for b, v in now["buckets"].items()}
+        cb, cs = self.carry.get(name, ({}, 0.0))
+        for b, v in buckets.items():
+            cb[b] = cb.get(b, 0.0) + v
+        self.carry[name] = (cb, cs + now["scored"] - old["scored"])
+        self.scraped[name] = (pid, now)
+
     async def fault(self, kind: str, n: int) -> None:
         name = ("a", "b")[n % 2]
         at = time.monotonic()
+        if kind in ("sigkill", "sigterm"):
+            await self.last_scrape(name)
         if kind == "sigkill":
             self.procs[name].send_signal(signal.SIGKILL)
             self.procs[name].wait(10)
@@ -489,7 +519,7 @@ class Soak:
 
     async def sampler(self) -> None:
         """Once a minute: RSS and a scrape of each instance's /metrics (deltas over the minute)."""
-        prev: dict[str, tuple[int, dict[str, Any]]] = {}
+        prev = self.scraped
         minute = 0
         while True:
             minute += 1
@@ -533,6 +563,10 @@ class Soak:
                     }
                     d_scored = now["scored"] - old["scored"]
                 prev[name] = (proc.pid, now)
+                carried_buckets, carried_scored = self.carry.pop(name, ({}, 0.0))
+                for b, v in carried_buckets.items():
+                    d_buckets[b] = d_buckets.get(b, 0.0) + v
+                d_scored += carried_scored
                 for b, v in d_buckets.items():
                     merged[b] = merged.get(b, 0.0) + v
                 scored += d_scored
@@ -893,7 +927,8 @@ def report(args: argparse.Namespace, result: dict[str, Any], soak: Soak, machine
         f"`{E2E}` histograms over the minute, interpolated in its buckets (bounds "
         "5 ms … 60 s); `scored/s` from `plantwatch_windows_scored_total`; lag = sum of "
         "`plantwatch_consumer_lag_records`. `*` = first scrape of a restarted process (its "
-        "counters count from zero), `down` = not running / not answering.",
+        "counters count from zero; the old one was scraped just before it was stopped), "
+        "`down` = not running / not answering.",
         "",
         "| min | RSS a (MB) | RSS b (MB) | scored/s | p50 | p99 | lag | load | fault |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|",

@@ -48,7 +48,7 @@ from monitor.lifecycle import Lifecycle
 from monitor.metrics import Metrics
 from monitor.model import LoadedModel, ModelManager
 from monitor.notify import Notifier
-from monitor.records import Decoder, DecoderConfig, Rejection
+from monitor.records import DecodedBatch, Decoder, DecoderConfig
 from monitor.windows import ReadyBatch, WindowStore
 from monitor.windows import RejectReason as WindowReject
 
@@ -472,44 +472,39 @@ class Service(Lifecycle):
         ok = invalid = carried = resets = 0
         rejected_total: Counter[str] = Counter()
         last_offset: dict[TopicPartition, int] = {}
-        # Most messages carry one reading; the store copies offsets, so one array serves all.
-        one = np.empty(1, dtype=np.int64)
         for tp, records in batch.items():
             replay_through = self._replay_through.get(tp, -1)
-            assets = self._partition_assets[tp]
             slot = self._slot(tp)
-            for record in records:
-                replay = record.offset <= replay_through
-                decoded = p.decoder.decode(record.key, record.value)
-                if isinstance(decoded, Rejection):
-                    if not replay:
+            decoded = p.decoder.decode_many([r.key for r in records], [r.value for r in records])
+            record_offsets = np.fromiter((r.offset for r in records), np.int64, len(records))
+            # Offsets increase within a partition: the replayed records are a prefix.
+            n_replay = int(np.searchsorted(record_offsets, replay_through, side="right"))
+            result = None
+            if n_replay in (0, len(records)):
+                # All readings of the batch at once; declined if any would be rejected.
+                result = p.store.append_many(
+                    decoded.assets,
+                    decoded.ts_ms,
+                    decoded.values,
+                    record_offsets[decoded.messages],
+                    slot,
+                )
+            if result is None:
+                counts = self._append_each(out, tp, records, decoded, n_replay, slot)
+                ok += counts[0]
+                invalid += counts[1]
+                carried += counts[2]
+                resets += counts[3]
+                rejected_total.update(counts[4])
+            else:
+                self._partition_assets[tp].update(decoded.assets)
+                if not n_replay:
+                    ok += result.accepted
+                    carried += result.carried
+                    resets += result.resets
+                    for i, rejection in decoded.rejections:
                         invalid += 1
-                        self._dead_letter(out, record, decoded.reason.value, decoded.detail)
-                    continue
-                rejected: Counter[WindowReject] | None = None
-                for block in decoded:
-                    n = len(block.ts_ms)
-                    if n == 1:
-                        one[0] = record.offset
-                        offsets_ = one
-                    else:
-                        offsets_ = np.full(n, record.offset, dtype=np.int64)
-                    result = p.store.append(block.asset, block.ts_ms, block.values, offsets_, slot)
-                    assets.add(block.asset)
-                    if result.rejected:
-                        rejected = rejected or Counter()
-                        rejected.update(result.reasons())
-                    if not replay:
-                        ok += result.accepted
-                        carried += result.carried
-                        resets += result.resets
-                if rejected and not replay:
-                    for reason, count in rejected.items():
-                        rejected_total[_READING_RESULT.get(reason, reason)] += count
-                    detail = ", ".join(f"{count} {reason}" for reason, count in rejected.items())
-                    self._dead_letter(
-                        out, record, next(iter(rejected)), f"readings rejected: {detail}"
-                    )
+                        self._dead_letter(out, records[i], rejection.reason.value, rejection.detail)
             last_offset[tp] = records[-1].offset
         for outcome, count in (("ok", ok), ("invalid", invalid), *rejected_total.items()):
             out.count(m.readings.labels(outcome), count)
@@ -530,6 +525,57 @@ class Service(Lifecycle):
             if self._replay_through.get(tp, -1) <= offset:
                 self._replay_through.pop(tp, None)
         m.tracked_assets.set(len(p.store))
+
+    def _append_each(
+        self,
+        out: _Outgoing,
+        tp: TopicPartition,
+        records: list[ConsumerRecord[bytes, bytes]],
+        decoded: DecodedBatch,
+        n_replay: int,
+        slot: int,
+    ) -> tuple[int, int, int, int, Counter[str]]:
+        """Append a partition's batch message by message (when some reading is rejected, or
+        the batch straddles the end of a replay): each message with rejected readings is
+        dead-lettered. Returns (ok, invalid, carried, resets, rejected readings by result)."""
+        p = self.pipeline
+        ok = invalid = carried = resets = 0
+        rejected_total: Counter[str] = Counter()
+        assets = self._partition_assets[tp]
+        rejections = dict(decoded.rejections)
+        # Most messages carry one reading; the store copies offsets, so one array serves all.
+        one = np.empty(1, dtype=np.int64)
+        for i, record in enumerate(records):
+            replay = i < n_replay
+            rejection = rejections.get(i)
+            if rejection is not None:
+                if not replay:
+                    invalid += 1
+                    self._dead_letter(out, record, rejection.reason.value, rejection.detail)
+                continue
+            rejected: Counter[WindowReject] | None = None
+            for block in decoded.blocks(i):
+                n = len(block.ts_ms)
+                if n == 1:
+                    one[0] = record.offset
+                    offsets_ = one
+                else:
+                    offsets_ = np.full(n, record.offset, dtype=np.int64)
+                result = p.store.append(block.asset, block.ts_ms, block.values, offsets_, slot)
+                assets.add(block.asset)
+                if result.rejected:
+                    rejected = rejected or Counter()
+                    rejected.update(result.reasons())
+                if not replay:
+                    ok += result.accepted
+                    carried += result.carried
+                    resets += result.resets
+            if rejected and not replay:
+                for reason, count in rejected.items():
+                    rejected_total[_READING_RESULT.get(reason, reason)] += count
+                detail = ", ".join(f"{count} {reason}" for reason, count in rejected.items())
+                self._dead_letter(out, record, next(iter(rejected)), f"readings rejected: {detail}")
+        return ok, invalid, carried, resets, rejected_total
 
     async def _score(self, ready: ReadyBatch, out: _Outgoing) -> None:
         detector = self.pipeline.detector

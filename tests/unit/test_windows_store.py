@@ -424,3 +424,130 @@ def test_bad_arguments_raise_value_error() -> None:
         store.append("x", t[::-1].copy(), v, o, 0)
     assert store.append("x", t[:0], v[:0], o[:0], 0) == AppendResult(0)
     assert "x" not in store
+
+
+# -- append_many: many assets at once, the same as one reading at a time ------------------------
+
+many_op = st.tuples(
+    st.just("many"),
+    # (asset, step, back) per reading, interleaving assets as a getmany batch does.
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 0, 1, 1, 2, 3, 4]),
+            step,
+            st.sampled_from([0, 0, 0, 0, 0, 0, I, 2 * I]),
+        ),
+        max_size=40,
+    ),
+    st.integers(0, 1),  # partition
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    p=params,
+    slab_size=st.integers(1, 3),
+    ops=st.lists(st.one_of(many_op, many_op, append_op, other_op), min_size=10, max_size=40),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_append_many_matches_reference_model(
+    p: dict[str, Any], slab_size: int, ops: list[Any], seed: int
+) -> None:
+    """append_many == the reference fed one reading at a time (windows in the same order);
+    when it declines (a rejection or the asset cap), nothing changed and block by block does."""
+    store = WindowStore(**p, slab_size=slab_size)
+    ref = Reference(**{k: v for k, v in p.items() if k != "n_features"})
+    rng = np.random.default_rng(seed)
+    cursor: dict[int, int] = {}
+    next_offset = [0, 0, 0]
+    declined = 0
+    for op in ops:
+        if op[0] == "many":
+            _, readings, part = op
+            names, ts = [], []
+            for a, s, back in readings:
+                cursor[a] = cursor.get(a, 10 * I) + s - back
+                names.append(f"a{a}")
+                ts.append(cursor[a])
+            n = len(ts)
+            values = rng.standard_normal((n, p["n_features"])).astype(np.float32)
+            offsets = list(range(next_offset[part], next_offset[part] + n))
+            next_offset[part] += n + 1
+            before = (len(store), store.pending, store.stats())
+            got = store.append_many(
+                names,
+                np.asarray(ts, dtype=np.int64),
+                values,
+                np.asarray(offsets, dtype=np.int64),
+                part,
+            )
+            expected = [
+                ref.append(names[k], [ts[k]], values[k : k + 1], [offsets[k]], part)
+                for k in range(n)
+            ]
+            if got is None:
+                declined += 1
+                assert (len(store), store.pending, store.stats()) == before
+                for k in range(n):
+                    t, v, o = arrays([ts[k]], values[k : k + 1], [offsets[k]])
+                    assert store.append(names[k], t, v, o, part) == expected[k]
+            else:
+                assert not any(r.rejected for r in expected)
+                assert got.accepted == n
+                assert got.carried == sum(r.carried for r in expected)
+                assert got.resets == sum(r.resets for r in expected)
+                assert got.ready == sum(r.ready for r in expected)
+        elif op[0] == "append":
+            _, a, steps, back, part_pick, one_offset = op
+            part = part_pick if a == 0 else a % 2
+            t = cursor.get(a, 10 * I) - back
+            ts = []
+            for s in steps:
+                t += s
+                ts.append(t)
+            if ts:
+                cursor[a] = max(cursor.get(a, 0), ts[-1])
+            n = len(ts)
+            values = rng.standard_normal((n, p["n_features"])).astype(np.float32)
+            base = next_offset[part]
+            offsets = [base] * n if one_offset else list(range(base, base + n))
+            next_offset[part] += n + 1
+            t_, o_ = np.asarray(ts, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
+            assert store.append(f"a{a}", t_, values, o_, part) == ref.append(
+                f"a{a}", ts, values, offsets, part
+            )
+        elif op[0] == "collect":
+            assert_same(store.collect(), ref.collect())
+        elif op[0] == "offsets":
+            expected_offsets = {q: ref.min_needed_offset(q) for q in range(3)}
+            assert store.min_needed_offsets() == {
+                q: v for q, v in expected_offsets.items() if v is not None
+            }
+        else:
+            assert store.forget_partition(op[1]) == ref.forget_partition(op[1])
+        if p["overflow"] == "evict_idle":  # the same least-recently-updated order
+            assert list(store._assets) == list(ref.assets)
+        else:
+            assert set(store._assets) == set(ref.assets)
+        assert store.pending == len(ref.pending)
+    assert store.stats().evictions == ref.evictions
+    assert_same(store.collect(), ref.collect())
+
+
+def test_append_many_interleaved_assets_in_one_call() -> None:
+    store = WindowStore(length=3, n_features=1, interval_ms=I)
+    names = ["a", "b"] * 4
+    ts = np.repeat(np.arange(4, dtype=np.int64) * I, 2)
+    values = np.arange(8, dtype=np.float32).reshape(8, 1)
+    got = store.append_many(names, ts, values, np.arange(8, dtype=np.int64), 0)
+    assert got == AppendResult(8, ready=4)
+    batch = store.collect()
+    assert batch.assets == ["a", "b", "a", "b"]
+    assert batch.windows[:, :, 0].tolist() == [[0, 2, 4], [1, 3, 5], [2, 4, 6], [3, 5, 7]]
+    assert batch.first_offsets.tolist() == [0, 1, 2, 3]
+    # A duplicate timestamp declines the whole call and changes nothing.
+    assert (
+        store.append_many(["a", "a"], ts[6:8] + I, values[:2], np.arange(2, dtype=np.int64), 0)
+        is None
+    )
+    assert store.collect().assets == []

@@ -94,6 +94,47 @@ def check(key: bytes | None, data: bytes) -> None:
                 raise FindingError("asset id over the length limit accepted")
         if total > config.max_batch_readings:
             raise FindingError("batch over max_batch_readings accepted")
+    check_batch(key, data)
+
+
+#: A valid JSON reading placed around the fuzzed input, so that runs are long enough for
+#: ``Decoder.decode_many``'s vectorised path (it decodes short runs one by one).
+_NEIGHBOUR = json.dumps({"asset": "pump-9", "ts": START_MS, "values": [1, 2, 3, 4]}).encode()
+
+
+def check_batch(key: bytes | None, data: bytes) -> None:
+    """``decode_many`` must give, per message, exactly what ``decode`` gives."""
+    values = [_NEIGHBOUR, data, _NEIGHBOUR, data, _NEIGHBOUR, _NEIGHBOUR]
+    keys = [None, key, None, key, None, None]  # the neighbours' key never mismatches
+    for decoder, config in zip(DECODERS, CONFIGS, strict=True):
+        try:
+            batch = decoder.decode_many(keys, values)
+        except BaseException as exc:
+            raise FindingError(f"decode_many raised {type(exc).__name__}: {exc}") from exc
+        rejected = dict(batch.rejections)
+        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+            expected = decoder.decode(k, v)
+            if isinstance(expected, Rejection):
+                if rejected.get(i) != expected:
+                    raise FindingError(
+                        f"decode_many disagrees on a rejection ({config}): "
+                        f"{rejected.get(i)} != {expected}"
+                    )
+                continue
+            if i in rejected:
+                raise FindingError(f"decode_many rejected what decode accepts: {rejected[i]}")
+            rows = np.flatnonzero(batch.messages == i)
+            assets = [block.asset for block in expected for _ in range(len(block.ts_ms))]
+            ts = np.concatenate([block.ts_ms for block in expected] or [np.empty(0, np.int64)])
+            vals = np.concatenate(
+                [block.values for block in expected] or [np.empty((0, len(FEATURES)), np.float32)]
+            )
+            if (
+                [batch.assets[j] for j in rows] != assets
+                or not np.array_equal(batch.ts_ms[rows], ts)
+                or not np.array_equal(batch.values[rows], vals)
+            ):
+                raise FindingError(f"decode_many disagrees with decode on message {i} ({config})")
 
 
 def seeds() -> list[bytes]:

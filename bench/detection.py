@@ -172,6 +172,7 @@ def _model(args: argparse.Namespace, family: str, seed: int, window: int | None)
         threshold_quantile=args.threshold_quantile,
         threshold_factor=args.threshold_factor,
         hyperparameters=hyper,
+        ignore_sensors=tuple(c for c in args.ignore.split(",") if c),
     )
 
 
@@ -231,21 +232,105 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from training.evaluate import tune
 
-    runs = [args.cache / r for r in args.run.split(",")]
-    cached = [tune.load_skab_cache(r, args.skab) for r in runs]
-    report = tune.leave_group_out(cached, tune.default_grid(cached[0][0].window))
-    print(report.text())
-    row = {
-        "kind": "tune",
-        "label": args.run,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python bench/detection.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "load_after": _load(),
-        **report.to_json(),
+    # --run "a,b;c,d": configuration "a,b" (its seeds' cached runs) and configuration "c,d".
+    configs = {
+        spec: [tune.load_skab_cache(args.cache / r, args.skab) for r in spec.split(",")]
+        for spec in args.run.split(";")
     }
-    with args.log.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row) + "\n")
+    names = [f"seed run {i}" for i in range(len(next(iter(configs.values()))))]
+    first = next(iter(configs.values()))[0][0]
+    grid = tune.with_configs(tune.default_grid(first.window), configs)
+    cached = configs
+    t0, c0 = time.perf_counter(), time.process_time()
+    tallies = tune.tally_grid(cached, grid)
+    for objective, cap in (("f1", 10.0), ("f1", 100.0), ("nab_standard", 100.0)):
+        report = tune.leave_group_out(
+            cached, grid, objective=objective, max_far_pct=cap, names=names, tallies=tallies
+        )
+        print(report.text(), flush=True)
+        row = {
+            "kind": "tune",
+            "label": args.label or args.run,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "command": "python bench/detection.py "
+            + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "load_after": _load(),
+            **report.to_json(),
+        }
+        with args.log.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+    print(f"tuned in {time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU")
     return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    """Score plots of a few SKAB files under two alert rules (no sensor values: SKAB's data
+    stays out of the repository; these show our scores, the labels and our flags only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training.evaluate import tune
+    from training.evaluate.metrics import segments
+
+    cached = {s.name: s for s in tune.load_skab_cache(args.cache / args.run, args.skab)}
+    rules = [(label, _rule(text)) for label, text in (r.split("=", 1) for r in args.rules)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.files.split(","):
+        s = cached[name]
+        fig, axes = plt.subplots(len(rules), 1, figsize=(12, 2.6 * len(rules)), sharex=True)
+        for ax, (label, rule) in zip(np.atleast_1d(axes), rules, strict=True):
+            flagged = tune.flags(s, rule)
+            x = np.arange(s.score.size)
+            ax.plot(x, s.score, color="black", linewidth=0.7, label="window score")
+            ax.axhline(
+                rule.threshold(s), color="red", linestyle="--", linewidth=0.8, label="threshold"
+            )
+            ax.set_yscale("log")
+            for i, (a, b) in enumerate(segments(s.labels)):
+                ax.axvspan(
+                    a,
+                    b,
+                    ymin=0.5,
+                    ymax=1.0,
+                    color="tab:orange",
+                    alpha=0.25,
+                    label="labelled anomaly" if i == 0 else None,
+                )
+            for i, (a, b) in enumerate(segments(flagged)):
+                ax.axvspan(
+                    a,
+                    b,
+                    ymin=0.0,
+                    ymax=0.5,
+                    color="tab:red",
+                    alpha=0.15,
+                    label="flagged (alert open)" if i == 0 else None,
+                )
+            ax.axvline(tune.TRAIN_ROWS, color="grey", linewidth=0.8)
+            c = tune.tally(s, flagged).figures()
+            ax.set_title(
+                f"SKAB {name}, {args.run}: {label} ({rule.label()}): F1 {c['f1']:.2f}, "
+                f"FAR {c['far_pct']:.0f} %, MAR {c['mar_pct']:.0f} %",
+                fontsize=9,
+            )
+            ax.legend(loc="upper left", fontsize=7)
+        np.atleast_1d(axes)[-1].set_xlabel("row (first 400: training)")
+        fig.tight_layout()
+        out = args.out / f"skab-{name.replace('/', '-')}.png"
+        fig.savefig(out, dpi=72)
+        plt.close(fig)
+        print(f"wrote {out}")
+    return 0
+
+
+def _rule(text: str) -> Any:
+    """``q,factor,k,n,m,hysteresis`` as a :class:`training.evaluate.tune.Rule`."""
+    from training.evaluate.tune import Rule
+
+    q, factor, k, n, m, h = text.split(",")
+    return Rule(float(q), float(factor), int(k), int(n), int(m), float(h))
 
 
 def _rows(log: Path) -> list[dict[str, Any]]:
@@ -306,6 +391,7 @@ def main() -> int:
     r.add_argument("--window", type=int)
     r.add_argument("--epochs", type=int)
     r.add_argument("--hyper", help="JSON hyperparameters for the model family")
+    r.add_argument("--ignore", default="", help="sensor columns left out, comma-separated")
     r.add_argument("--threshold-quantile", type=float, default=0.99)
     r.add_argument("--threshold-factor", type=float, default=1.5)
     r.add_argument("--rule", default="service", choices=("service", "reference"))
@@ -321,8 +407,21 @@ def main() -> int:
     t = sub.add_parser("tune", help="leave-one-group-out CV of the alert rule on cached scores")
     t.add_argument("--skab", type=Path, required=True)
     t.add_argument("--cache", type=Path, required=True)
-    t.add_argument("--run", required=True, help="cached run directory name(s), comma-separated")
+    t.add_argument(
+        "--run",
+        required=True,
+        help="cached runs: seeds comma-separated, configurations ';'-separated",
+    )
+    t.add_argument("--label", default="", help="name of the tuned configuration in the log")
     t.set_defaults(handler=cmd_tune)
+    i = sub.add_parser("images", help="score plots of a few cached SKAB files")
+    i.add_argument("--skab", type=Path, required=True)
+    i.add_argument("--cache", type=Path, required=True)
+    i.add_argument("--run", required=True)
+    i.add_argument("--files", default="valve1/0,valve2/1,other/14")
+    i.add_argument("--rules", nargs="+", required=True, help="LABEL=q,factor,k,n,m,hysteresis")
+    i.add_argument("--out", type=Path, default=Path("bench/results/detection"))
+    i.set_defaults(handler=cmd_images)
     d = sub.add_parser("render", help="print the Markdown tables from the log")
     d.set_defaults(handler=cmd_render)
     args = p.parse_args()

@@ -588,7 +588,9 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--timestamp-column", default="timestamp", help="generic: '' if none")
     p.add_argument("--label-column", default="label", help="generic: 0/1 label column")
     p.add_argument("--asset-column", default="asset", help="generic: '' if one series per file")
-    p.add_argument("--ignore-columns", type=csv_list, default=(), help="generic: not sensors")
+    p.add_argument(
+        "--ignore-columns", type=csv_list, default=(), help="columns that are not model inputs"
+    )
     p.add_argument("--bundle", type=Path, help="generic: evaluate this bundle, do not train")
     p.add_argument(
         "--via-kafka",
@@ -636,6 +638,7 @@ def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
             seed=args.seed,
             threshold_quantile=args.threshold_quantile,
             threshold_factor=args.threshold_factor,
+            ignore_sensors=tuple(args.ignore_columns or ()),
         ),
         alerts=alerts,
         generic=GenericOptions(

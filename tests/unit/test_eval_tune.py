@@ -162,3 +162,23 @@ def test_comparison_finds_event_differences() -> None:
         _compare_events([_replay(offline)], online, out, 1e-4, 1e-6)
         assert not out.agree
     assert out.differences
+
+
+def test_leave_group_out_also_chooses_the_model_configuration() -> None:
+    # Configuration "good" scores the anomaly above the threshold in every group, "bad" never.
+    labels = [0] * 5 + [1] * 10 + [0] * 5
+    good = [0.0] * 5 + [3.0] * 10 + [0.0] * 5
+    bad = [0.0] * 20
+
+    def run(scores: list[float]) -> list[tune.CachedSeries]:
+        return [
+            _series(scores, labels, name=f"{g}/0", group=g) for g in ("valve1", "valve2", "other")
+        ]
+
+    rule = tune.Rule(q=0.5, factor=2.0, k=1, n=1, m=1)
+    grid = tune.with_configs([rule], ["bad", "good"])
+    report = tune.leave_group_out({"bad": [run(bad)], "good": [run(good)]}, grid)
+    assert {f.rule.config for f in report.folds} == {"good"}
+    assert report.cv_figures["f1"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same number of runs"):
+        tune.leave_group_out({"bad": [run(bad)], "good": [run(good), run(good)]}, grid)

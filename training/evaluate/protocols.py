@@ -60,6 +60,8 @@ class ModelOptions:
     threshold_quantile: float = 0.99
     threshold_factor: float = 1.5
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    #: Sensor columns left out of the model (e.g. slowly drifting temperatures).
+    ignore_sensors: tuple[str, ...] = ()
 
 
 #: Protocol defaults for the ``None`` fields of :class:`ModelOptions`.
@@ -324,6 +326,10 @@ def _skab(
     for file in skab_files(root):
         name = f"{file.parent.name}/{file.stem}"
         frame, features = read_skab(file)
+        unknown = set(model.ignore_sensors) - set(features)
+        if unknown:
+            raise ConfigError(f"{file}: no sensor column {sorted(unknown)[0]!r} to ignore")
+        features = [f for f in features if f not in model.ignore_sensors]
         n = len(frame)
         if n <= SKAB_TRAIN_ROWS + model.window:
             raise DataError(f"{file}: {n} rows, too few for {SKAB_TRAIN_ROWS} training rows")
@@ -454,7 +460,7 @@ def _generic(
     else:
         trains = _csv_files(root / "train")
         first = _read_csv(trains[0], opts.separator)
-        features = _sensor_columns(first, opts)
+        features = [f for f in _sensor_columns(first, opts) if f not in model.ignore_sensors]
         if not features:
             raise DataError(f"{trains[0]}: no numeric sensor columns")
         data = root / "train"

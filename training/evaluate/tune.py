@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,13 +75,17 @@ class Rule:
     n: int
     m: int
     hysteresis: float = 0.8
+    #: The model configuration (cached run set) the rule applies to; "" when there is one.
+    config: str = ""
 
     def threshold(self, series: CachedSeries) -> float:
         return float(np.quantile(series.calibration_scores(), self.q)) * self.factor
 
     def label(self) -> str:
+        model = f"{self.config}: " if self.config else ""
         return (
-            f"q{self.q:g}×{self.factor:g}, k={self.k}/n={self.n}, m={self.m}, h={self.hysteresis:g}"
+            f"{model}q{self.q:g}×{self.factor:g}, k={self.k}/n={self.n}, m={self.m}, "
+            f"h={self.hysteresis:g}"
         )
 
 
@@ -158,12 +162,12 @@ def objective_value(figures: dict[str, float], objective: Objective, max_far_pct
 
 
 def default_grid(window: int) -> list[Rule]:
-    """Candidate rules for a window length: thresholds from the 0.99/0.999 quantiles × 1-6,
+    """Candidate rules for a window length: thresholds from the 0.99/0.999 quantiles × 1-4,
     k from a single window to the service default, n = ceil(1.5 k), m from k to 4 n."""
     ks = sorted({1, max(1, window // 4), max(1, window // 2), window, window + max(4, window // 4)})
     rules = []
     for q, factor, k, m_mult, h in itertools.product(
-        (0.99, 0.999), (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0), ks, (1, 2, 4), (0.8, 1.0)
+        (0.99, 0.999), (1.0, 1.25, 1.5, 2.0, 3.0, 4.0), ks, (1, 2, 4), (0.8, 1.0)
     ):
         n = math.ceil(1.5 * k)
         rules.append(Rule(q, factor, k, n, max(1, k * m_mult), h))
@@ -233,30 +237,61 @@ class CVReport:
         return "\n".join(lines)
 
 
+Runs = Sequence[Sequence[CachedSeries]]
+
+
+def _configs(runs: Runs | Mapping[str, Runs]) -> dict[str, Runs]:
+    return dict(runs) if isinstance(runs, Mapping) else {"": runs}
+
+
+def with_configs(grid: Sequence[Rule], configs: Iterable[str]) -> list[Rule]:
+    """Every rule of ``grid`` for every model configuration: CV then also picks the model."""
+    return [replace(rule, config=c) for c in configs for rule in grid]
+
+
+def tally_grid(runs: Runs | Mapping[str, Runs], grid: Sequence[Rule]) -> list[list[list[Tally]]]:
+    """``[candidate][run][file]`` tallies (to share between several objectives)."""
+    configs = _configs(runs)
+    return [
+        [[tally(s, flags(s, rule)) for s in run] for run in configs[rule.config]] for rule in grid
+    ]
+
+
 def leave_group_out(
-    runs: Sequence[Sequence[CachedSeries]],
+    runs: Runs | Mapping[str, Runs],
     grid: Sequence[Rule],
     *,
     objective: Objective = "f1",
     max_far_pct: float = 10.0,
     names: Sequence[str] | None = None,
+    tallies: Sequence[Sequence[Sequence[Tally]]] | None = None,
 ) -> CVReport:
     """Leave-one-group-out CV of ``grid`` over ``runs`` (e.g. one per seed, same files).
+
+    ``runs`` may map model configurations to their runs (same files, same number of runs);
+    each rule then applies to the runs of its :attr:`Rule.config` (see :func:`with_configs`),
+    so a fold chooses the model configuration as well as the alert rule.
 
     A fold's candidate is scored on the pooled counts of all runs' files outside the held-out
     group; the chosen rule is then applied to every run's held-out files. Cross-validated
     figures pool all runs; ``cv_figures_per_run`` gives each run's own (for mean ± std).
+    ``tallies``: :func:`tally_grid` of the same ``runs`` and ``grid``, if already computed.
     """
-    if not runs or not grid:
+    configs = _configs(runs)
+    if not configs or not grid or not all(configs.values()):
         raise ValueError("nothing to tune: no runs or no candidate rules")
-    groups = sorted({s.group for s in runs[0]})
-    # tallies[c][r][i]: candidate c, run r, file i.
-    tallies = [[[tally(s, flags(s, rule)) for s in run] for run in runs] for rule in grid]
+    sizes = {len(v) for v in configs.values()}
+    if len(sizes) != 1:
+        raise ValueError("every model configuration needs the same number of runs")
+    n_runs = sizes.pop()
+    groups = sorted({s.group for s in next(iter(configs.values()))[0]})
+    if tallies is None:
+        tallies = tally_grid(configs, grid)
 
     def total(c: int, keep: Iterable[str], run: int | None = None) -> Tally:
         t = Tally()
         keep = set(keep)
-        for r, run_files in enumerate(runs):
+        for r, run_files in enumerate(configs[grid[c].config]):
             if run is not None and r != run:
                 continue
             for i, s in enumerate(run_files):
@@ -273,18 +308,18 @@ def leave_group_out(
 
     folds = []
     pooled = Tally()
-    per_run = [Tally() for _ in runs]
+    per_run = [Tally() for _ in range(n_runs)]
     for g in groups:
         train = [x for x in groups if x != g]
         c = best(train)
         held = total(c, [g])
         pooled = pooled + held
-        for r in range(len(runs)):
+        for r in range(n_runs):
             per_run[r] = per_run[r] + total(c, [g], r)
         folds.append(FoldResult(g, grid[c], total(c, train).figures(), held.figures()))
     c_all = best(groups)
     return CVReport(
-        runs=list(names or [str(i) for i in range(len(runs))]),
+        runs=list(names or [str(i) for i in range(n_runs)]),
         objective=objective,
         max_far_pct=max_far_pct,
         candidates=len(grid),

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import collections
 import json
+import math
 import os
 import platform
 import statistics
@@ -46,9 +47,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 import monitor
 from monitor.bundle import Bundle
 from monitor.config import Settings
+from monitor.events import ModelRef
 from monitor.records import encode_binary
 from monitor.scoring import Scorer
 from monitor.service import Service
+from monitor.windows import WindowStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import cpu_model
@@ -237,7 +240,11 @@ def scoring_limit(bundle: Bundle, batch_sizes: tuple[int, ...], seconds: float) 
 
 
 async def start_service(
-    bootstrap: str, topic: str, bundle: Bundle, **input_settings: Any
+    bootstrap: str,
+    topic: str,
+    bundle: Bundle,
+    detector: dict[str, Any] | None = None,
+    **input_settings: Any,
 ) -> tuple[Service, asyncio.Task[None]]:
     """The real service on ``topic`` in a fresh group, with its own alert and dead-letter topics."""
     from prometheus_client import CollectorRegistry
@@ -255,6 +262,7 @@ async def start_service(
             },
             "model": {"path": str(bundle.path), "device": "cpu", "reload": "off"},
             "alerts": {"topic": f"bench-alerts-{tag}"},
+            "detector": detector or {},
             "delivery": {"enabled": False},
             "http": {"host": "127.0.0.1", "port": 0},
             "instance_id": f"bench-{tag}",
@@ -319,71 +327,170 @@ async def naive_run(bootstrap: str, topic: str, bundle: Bundle, n_messages: int)
 
 PACED_PRODUCER = """
 import asyncio, json, sys, time
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-async def main(bootstrap, topic, n_assets, seconds, n_features):
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+async def alerts_seen(bootstrap, topic, stop, out):
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                isolation_level="read_committed", fetch_max_wait_ms=20)
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=20)
+            now = time.time() * 1000
+            for records in batch.values():
+                for r in records:
+                    doc = json.loads(r.value)
+                    out.append((doc["event"], now - doc["ts_ms"]))
+    finally:
+        await consumer.stop()
+
+async def main(bootstrap, topic, alerts, n_assets, seconds, spec):
+    spec = json.loads(spec)
+    partitions, levels, history = spec["partitions"], spec["levels"], spec["history"]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
     await producer.start()
-    slices = 10  # each asset reports once a second; the plant is spread over the second
+    stop, seen = asyncio.Event(), []
+    watcher = asyncio.create_task(alerts_seen(bootstrap, alerts, stop, seen))
+    heads = [b'{"asset":"asset-%06d","ts":' % a for a in range(n_assets)]
+    keys = [b"asset-%06d" % a for a in range(n_assets)]
+    normal = json.dumps(levels).encode()
+    # 1 % of the assets turn anomalous for 10 s of every 20 s (all sensors +25): alerts open
+    # and resolve during the run, as rare events.
+    shifted = json.dumps([v + 25.0 for v in levels]).encode()
+
+    async def send(a_lo, a_hi, ts, anomalous):
+        batches = {}
+        for a in range(a_lo, a_hi):
+            p = a % partitions
+            batch = batches.get(p)
+            if batch is None:
+                batch = batches[p] = producer.create_batch()
+            body = shifted if anomalous and a % 100 == 7 else normal
+            value = heads[a] + b"%d" % ts + b',"values":' + body + b"}"
+            if batch.append(key=keys[a], value=value, timestamp=None) is None:
+                await producer.send_batch(batch, topic, partition=p)
+                batch = batches[p] = producer.create_batch()
+                batch.append(key=keys[a], value=value, timestamp=None)
+        await asyncio.gather(
+            *(producer.send_batch(b, topic, partition=p) for p, b in batches.items())
+        )
+
+    # History first: each asset's window fills from readings of the past `history` seconds.
+    now = int(time.time() * 1000)
+    for step in range(history, 0, -1):
+        await send(0, n_assets, now - step * 1000, False)
+    await producer.flush()
+    slices = 20  # each asset reports once a second; the plant is spread over the second
     per = (n_assets + slices - 1) // slices
-    values = [round(50.0 + 0.1 * i, 3) for i in range(n_features)]
     start = time.monotonic()
-    tick = 0
+    tick = sent = 0
     while time.monotonic() - start < seconds:
         due = start + tick / slices
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         part = tick % slices
         ts = int(time.time() * 1000)
-        for a in range(part * per, min(n_assets, (part + 1) * per)):
-            asset = f"asset-{a:06d}"
-            doc = {"asset": asset, "ts": ts, "values": values}
-            await producer.send(topic, json.dumps(doc).encode(), key=asset.encode())
+        lo, hi = part * per, min(n_assets, (part + 1) * per)
+        await send(lo, hi, ts, (tick // slices) % 20 >= 10)
+        sent += max(0, hi - lo)
         tick += 1
     await producer.flush()
+    elapsed = time.monotonic() - start
+    await asyncio.sleep(3)
+    stop.set()
+    await watcher
     await producer.stop()
+    print(json.dumps({"sent": sent, "elapsed": elapsed, "alerts": seen}))
 
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])))
+asyncio.run(main(*sys.argv[1:4], int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]))
 """
 
 
-async def latency_run(
-    bootstrap: str, bundle: Bundle, rate: int, seconds: float
-) -> tuple[float, float, int]:
-    """p50 and p99 seconds from a reading's timestamp to its window being scored, at ``rate``.
+@dataclass
+class Latency:
+    rate: int  # readings/s asked for
+    achieved: float  # readings/s the producer managed
+    p50: float  # reading timestamp → scored, seconds (service histogram, after warm-up)
+    p99: float
+    windows: int  # scored windows in the measured part
+    kept_up: bool  # every live reading consumed within 3 s of the end
+    alert_p50: float  # reading timestamp → alert event read from the alerts topic, seconds
+    alert_p99: float
+    alerts: int
 
-    ``rate`` assets each send one JSON reading a second (timestamp = wall clock), spread over
-    the second, from a separate process; the figures come from the service's own
-    ``end_to_end_latency_seconds`` histogram, interpolated within buckets.
+
+def _buckets(service: Service) -> list[tuple[float, float]]:
+    for metric in service.registry.collect():
+        if metric.name == "plantwatch_end_to_end_latency_seconds":
+            return [
+                (float(sample.labels["le"]), sample.value)
+                for sample in metric.samples
+                if sample.name.endswith("_bucket")
+            ]
+    return []
+
+
+async def latency_run(
+    bootstrap: str, bundle: Bundle, rate: int, seconds: float, partitions: int = 4
+) -> Latency:
+    """Latency of a live stream: ``rate`` assets each send one JSON reading a second.
+
+    A separate producer process first writes a window's worth of history for every asset, then
+    readings stamped with the wall clock, spread over each second; 1 % of the assets turn
+    anomalous for 10 s in every 20 s, so alerts open and resolve. Reading → scored comes from
+    the service's own ``end_to_end_latency_seconds`` histogram (interpolated within buckets),
+    counting only windows scored after a 5 s warm-up (the history is caught up by then);
+    reading → alert is measured by a ``read_committed`` consumer of the alerts topic in the
+    producer process, against each event's window timestamp.
     """
-    topic = f"bench-latency-{uuid.uuid4().hex[:6]}"
-    await create_topics(bootstrap, [topic], 4)
-    service, task = await start_service(bootstrap, topic, bundle, fetch_timeout_ms=10)
+    tag = uuid.uuid4().hex[:6]
+    topic = f"bench-latency-{tag}"
+    await create_topics(bootstrap, [topic], partitions)
+    k = 3  # open after 3 anomalous windows of 5, so the run sees alerts within seconds
+    service, task = await start_service(
+        bootstrap,
+        topic,
+        bundle,
+        detector={"k": k, "n": 5, "m": 5},
+        fetch_timeout_ms=10,
+    )
+    alerts_topic = service.settings.alerts.topic
     try:
-        await asyncio.sleep(3)  # join the group before readings arrive
+        while not service.readiness()["partitions_assigned"]:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.1)
+        levels = np.random.default_rng(0).uniform(1, 100, size=bundle.manifest.n_features)
+        spec = {"partitions": partitions, "levels": levels.round(3).tolist(),
+                "history": bundle.manifest.window.length}  # fmt: skip
         producer = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            PACED_PRODUCER,
-            bootstrap,
-            topic,
-            str(rate),
-            str(seconds),
-            str(bundle.manifest.n_features),
-        )
-        await producer.wait()
-        await asyncio.sleep(2)
+            sys.executable, "-c", PACED_PRODUCER, bootstrap, topic, alerts_topic, str(rate),
+            str(seconds + 5), json.dumps(spec), stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        # Warm-up: the history and the first live seconds.
+        await asyncio.sleep(5 + bundle.manifest.window.length * rate / 200_000)
+        before = _buckets(service)
+        stdout, _ = await producer.communicate()
+        after = _buckets(service)
+        report = json.loads(stdout.decode().strip().splitlines()[-1])
         if task.done():
             task.result()
-        buckets = []
-        for metric in service.registry.collect():
-            if metric.name == "plantwatch_end_to_end_latency_seconds":
-                buckets = [
-                    (float(sample.labels["le"]), sample.value)
-                    for sample in metric.samples
-                    if sample.name.endswith("_bucket")
-                ]
-        total = int(buckets[-1][1]) if buckets else 0
-        return _quantile(buckets, 0.5), _quantile(buckets, 0.99), total
+        expected = report["sent"] + rate * bundle.manifest.window.length
+        consumed = (
+            service.registry.get_sample_value("plantwatch_messages_total", {"topic": topic}) or 0
+        )
+        buckets = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+        lags = sorted(ms / 1000 for event, ms in report["alerts"])
+        return Latency(
+            rate=rate,
+            achieved=report["sent"] / report["elapsed"],
+            p50=_quantile(buckets, 0.5),
+            p99=_quantile(buckets, 0.99),
+            windows=int(buckets[-1][1]) if buckets else 0,
+            kept_up=consumed >= expected,
+            alert_p50=float(np.percentile(lags, 50)) if lags else float("nan"),
+            alert_p99=float(np.percentile(lags, 99)) if lags else float("nan"),
+            alerts=len(lags),
+        )
     finally:
         service.request_stop()
         await service.stop()
@@ -437,6 +544,189 @@ print(int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[
     return int(out.stdout.strip())
 
 
+# --- growth: the data path in-process, one subprocess per point --------------------------------
+
+
+def growth_point(bundle: Bundle, n_assets: int, steps: int, chunk: int = 5000) -> tuple[float, int]:
+    """(readings/s, peak RSS bytes) of the data path without Kafka, in a fresh process.
+
+    Every asset first gets a full window (not timed); then ``steps`` JSON single readings per
+    asset go, ``chunk`` messages at a time (one getmany's worth), through ``decode_many`` →
+    ``append_many`` → ``collect`` → ONNX Runtime → detector. Peak RSS covers the whole process
+    (model, window store, detector, one chunk of messages).
+    """
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--growth-point",
+         json.dumps({"bundle": str(bundle.path), "assets": n_assets, "steps": steps,
+                     "chunk": chunk})],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(doc["rate"]), int(doc["rss"])
+
+
+def _growth_point_main(spec: dict[str, Any]) -> None:
+    from monitor.bundle import load_bundle
+    from monitor.detector import Detector, DetectorConfig
+    from monitor.records import Decoder, DecoderConfig
+
+    bundle = load_bundle(spec["bundle"])
+    m = bundle.manifest
+    L, F = m.window.length, m.n_features
+    n_assets, steps, chunk = int(spec["assets"]), int(spec["steps"]), int(spec["chunk"])
+    decoder = Decoder(DecoderConfig(features=m.features))
+    store = WindowStore(length=L, n_features=F, interval_ms=1000, max_assets=n_assets)
+    scorer = Scorer(bundle, device="cpu")
+    k = L + max(4, L // 4)
+    detector = Detector(
+        DetectorConfig(k=k, n=k * 3 // 2, m=k * 3 // 2),
+        threshold=1.0,
+        features=m.features,
+        model=ModelRef(m.model.name, "bench", "0" * 64),
+    )
+    level = np.random.default_rng(0).uniform(1, 100, size=F).astype(np.float32)
+    t0 = 1_767_225_600_000
+    names = [f"asset-{a:06d}" for a in range(n_assets)]
+    keys = [a.encode() for a in names]
+    history = np.ascontiguousarray(np.broadcast_to(level, (L, F)), dtype=np.float32)
+    ts = t0 + np.arange(L, dtype=np.int64) * 1000
+    for name in names:
+        store.append(name, ts, history, np.zeros(L, dtype=np.int64), 0)
+        if store.pending > 4096:
+            store.collect()
+    store.collect()
+    rng = np.random.default_rng(1)
+    offset, busy = 0, 0.0
+    for step in range(steps):
+        t = t0 + (L + step) * 1000
+        for lo in range(0, n_assets, chunk):
+            hi = min(lo + chunk, n_assets)
+            rows = (level + rng.normal(0, 0.1, size=(hi - lo, F))).tolist()
+            values = [
+                b'{"asset":"%s","ts":%d,"values":%s}'
+                % (keys[a], t, json.dumps(rows[a - lo]).encode())
+                for a in range(lo, hi)
+            ]
+            started = time.perf_counter()
+            decoded = decoder.decode_many(keys[lo:hi], values)
+            offsets = np.arange(offset, offset + hi - lo, dtype=np.int64)
+            offset += hi - lo
+            store.append_many(
+                decoded.assets, decoded.ts_ms, decoded.values, offsets[decoded.messages], 0
+            )
+            ready = store.collect()
+            for s in range(0, len(ready), 8192):
+                scored = scorer.score(ready.windows[s : s + 8192])
+                detector.observe(ready.assets[s : s + 8192], ready.ts_ms[s : s + 8192],
+                                 scored.score, scored.sensor_error)  # fmt: skip
+            busy += time.perf_counter() - started
+    status = Path("/proc/self/status").read_text()
+    rss = int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1]) * 1024
+    print(json.dumps({"rate": n_assets * steps / busy, "rss": rss}))
+
+
+async def latency_section(
+    bootstrap: str, bundle: Bundle, args: argparse.Namespace, say: Callable[[str], None]
+) -> None:
+    """Live latency at each of ``--latency-rates``, then at 50 % of the highest that kept up."""
+    say(f"## Latency of a live stream ({bundle.manifest.n_features} sensors, dense, JSON)\n")
+    runs: list[Latency] = []
+    for rate in args.latency_rates:
+        runs.append(await latency_run(bootstrap, bundle, rate, args.latency_seconds))
+        if not (runs[-1].kept_up and runs[-1].achieved >= 0.95 * rate):
+            break  # the next, higher rate would not keep up either
+    sustained = [r.rate for r in runs if r.kept_up and r.achieved >= 0.95 * r.rate]
+    if sustained:
+        half = max(1, max(sustained) // 2)
+        if half not in {r.rate for r in runs}:
+            runs.append(await latency_run(bootstrap, bundle, half, args.latency_seconds))
+    say(
+        "| readings/s asked | produced | kept up | reading → scored p50 | p99 "
+        "| reading → alert event p50 | p99 | alert events |"
+    )
+    say("|---|---|---|---|---|---|---|---|")
+    ms = lambda x: "n/a" if math.isnan(x) else f"{x * 1000:,.0f} ms"  # noqa: E731
+    for r in sorted(runs, key=lambda r: r.rate):
+        mark = " (50 % of the highest sustained)" if sustained and r.rate == half else ""
+        say(
+            f"| {r.rate:,}{mark} | {r.achieved:,.0f} | {'yes' if r.kept_up else '**no**'} | "
+            f"{ms(r.p50)} | {ms(r.p99)} | {ms(r.alert_p50)} | {ms(r.alert_p99)} | {r.alerts} |"
+        )
+    say(
+        f"\n{args.latency_seconds:g} s per rate after a 5 s warm-up; assets at 1 Hz, spread over "
+        "the second; producer, broker and service on the same cores. Reading → scored: the "
+        "service's `end_to_end_latency_seconds` histogram (buckets 5, 10, 25, 50, 100 ms …, "
+        "interpolated). Reading → alert event: wall clock when a `read_committed` consumer got "
+        "the event minus the event's window timestamp (detector k=3 of n=5 for this run). "
+        "Kept up: every reading consumed within 3 s of the end.\n"
+    )
+
+
+def growth_section(
+    workdir: Path,
+    args: argparse.Namespace,
+    say: Callable[[str], None],
+    bundles: dict[tuple[int, int], Bundle],
+) -> None:
+    """Throughput and peak RSS of the in-process data path as assets, window and sensors grow."""
+    say("## Growth (data path in-process: decode → windows → ONNX Runtime → detector)\n")
+    say(
+        "No Kafka here: JSON single readings, 5,000 messages per call (one `getmany`'s worth), "
+        "after every asset has a full window; peak RSS of the whole process (model, windows, "
+        "detector, one batch of messages). Dense AE, stride 1.\n"
+    )
+    say("| assets | window | sensors | readings/s | peak RSS |")
+    say("|---|---|---|---|---|")
+    points: list[tuple[int, int, int]] = [(a, 32, 8) for a in args.growth_assets]
+    points += [(1_000, w, 8) for w in args.growth_windows if w != 32]
+    points += [(1_000, 32, f) for f in args.growth_sensors if f != 8]
+    if not args.smoke:
+        points.append((10_000, 64, 16))  # the memory target
+    by_assets: list[tuple[int, float, int]] = []
+    for n_assets, window, n_features in points:
+        key = (window, n_features)
+        if key not in bundles:
+            bundles[key] = train_bundle(workdir / f"w{window}", "dense", n_features, window)
+        steps = max(3, min(200, 200_000 // n_assets))
+        rate, rss = growth_point(bundles[key], n_assets, steps)
+        say(f"| {n_assets:,} | {window} | {n_features} | {rate:,.0f} | {rss / 2**20:,.0f} MiB |")
+        if (window, n_features) == (32, 8):
+            by_assets.append((n_assets, rate, rss))
+    say("")
+    if args.out and len(by_assets) > 1:
+        plot = args.out.with_name(args.out.stem + "-growth.png")
+        _plot_growth(by_assets, plot)
+        say(f"![readings/s and peak RSS against assets]({plot.name})\n")
+
+
+def _plot_growth(points: list[tuple[int, float, int]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assets = [p[0] for p in points]
+    fig, left = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    left.plot(assets, [p[1] for p in points], "o-", color="tab:blue")
+    left.set_xscale("log")
+    left.set_xlabel("assets (window 32 × 8 sensors)")
+    left.set_ylabel("readings/s (data path, no Kafka)", color="tab:blue")
+    left.set_ylim(bottom=0)
+    right = left.twinx()
+    right.plot(assets, [p[2] / 2**20 for p in points], "s--", color="tab:red")
+    right.set_ylabel("peak RSS (MiB)", color="tab:red")
+    right.set_ylim(bottom=0)
+    left.set_title("plantwatch growth with the number of assets")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 # --- driver ----------------------------------------------------------------------------------
 
 
@@ -472,7 +762,10 @@ async def main(args: argparse.Namespace) -> int:
         f"Data: {args.assets} assets × {args.steps} steps per topic, window {args.window}, "
         f"{args.partitions} partitions, {args.runs} run(s) each (median, min–max).\n"
     )
+    say(f"Load average at start: {_load()}  \n")
     results: dict[str, Any] = {}
+    latency_bundle: Bundle | None = None
+    trained: dict[tuple[int, int], Bundle] = {}  # dense bundles by (window, sensors)
     for n_features in args.sensors:
         bundles = {
             fam: train_bundle(workdir, fam, n_features, args.window) for fam in args.families
@@ -526,23 +819,20 @@ async def main(args: argparse.Namespace) -> int:
                 "naive": naive.median if naive.values else None,
             }
         say("\nReadings/s. The naive loop has no binary decoder, so it only reads JSON.\n")
-        json_rate = results.get(f"{n_features}/json", {}).get("plantwatch")
-        if json_rate and args.latency_seconds > 0:
-            rate = max(1, int(0.5 * json_rate))
-            p50, p99, n = await latency_run(bootstrap, dense, rate, args.latency_seconds)
-            say(
-                f"Latency at 50 % load ({rate:,} JSON readings/s: {rate:,} assets at 1 Hz, "
-                f"{args.latency_seconds:g} s, {n:,} sampled windows), reading timestamp → "
-                f"scored: **p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms** (from the "
-                "service's own histogram, interpolated within its buckets: 5, 10, 25, 50, 100 ms "
-                "…).\n"
-            )
+        if latency_bundle is None:
+            latency_bundle = dense
+        trained[(args.window, n_features)] = dense
+    if latency_bundle is not None and args.latency_seconds > 0:
+        await latency_section(bootstrap, latency_bundle, args, say)
+    if args.growth:
+        growth_section(workdir, args, say, trained)
     say("## Memory of the window store (window 64 × 16)\n")
     say("| assets | peak RSS |")
     say("|---|---|")
     for n in args.memory_assets:
         say(f"| {n:,} | {store_memory(n, 64, 16) / 2**20:,.0f} MiB |")
     say("")
+    say(f"Load average at the end: {_load()}\n")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")
@@ -565,9 +855,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--families", type=lambda s: s.split(","), default=["dense", "conv"])
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "performance.md")
     p.add_argument("--json", type=Path)
+    p.add_argument(
+        "--latency-rates",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[2_000, 5_000, 10_000, 20_000, 40_000],
+        help="live JSON readings/s to try; then 50 %% of the highest one that kept up",
+    )
+    p.add_argument("--latency-seconds", type=float, default=30.0)
+    p.add_argument("--no-growth", dest="growth", action="store_false")
+    p.add_argument("--growth-point", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.batch_sizes = (256, 1024, 4096)
-    args.latency_seconds = 60.0
+    args.growth_assets = (100, 1_000, 10_000, 100_000)
+    args.growth_windows = (32, 64, 128, 256)
+    args.growth_sensors = (8, 16, 32, 64)
     args.score_seconds = 2.0
     args.memory_assets = (1_000, 10_000, 100_000)
     if args.smoke:
@@ -575,8 +876,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.families, args.batch_sizes, args.score_seconds = ["dense"], (64,), 0.2
         args.memory_assets = (100,)
         args.latency_seconds = 0.0
+        args.growth_assets, args.growth_windows, args.growth_sensors = (50, 200), (32,), (8,)
     return args
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse())))
+    parsed = parse()
+    if parsed.growth_point:
+        _growth_point_main(json.loads(parsed.growth_point))
+        sys.exit(0)
+    sys.exit(asyncio.run(main(parsed)))

@@ -70,7 +70,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import chain, repeat
 from operator import eq, itemgetter
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -360,7 +360,8 @@ class Decoder:
         if hi - lo <= _FAST_MIN_RUN:
             self._decode_each(keys, values, lo, hi, parts, rejections)
             return
-        part = self._fast_json(keys[lo:hi], values[lo:hi], lo)
+        # Eligible runs hold no tombstones.
+        part = self._fast_json(keys[lo:hi], cast("Sequence[bytes]", values[lo:hi]), lo)
         if part is not None:
             parts.append(part)
             return
@@ -369,7 +370,7 @@ class Decoder:
         self._decode_json_run(keys, values, mid, hi, parts, rejections)
 
     def _fast_json(
-        self, keys: Sequence[bytes | None], values: Sequence[bytes | None], base: int
+        self, keys: Sequence[bytes | None], values: Sequence[bytes], base: int
     ) -> _Part | None:
         """Readings of JSON messages that are all valid, or None if any might not be.
 
@@ -379,7 +380,7 @@ class Decoder:
         timestamps, and as sensor values converted to the same float64 either way.
         """
         try:
-            docs = list(map(orjson.loads, values))  # type: ignore[arg-type]  # none are None
+            docs = list(map(orjson.loads, values))
         except orjson.JSONDecodeError:
             return None
         n_msgs = len(docs)

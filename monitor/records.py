@@ -64,6 +64,7 @@ import logging
 import math
 import re
 import struct
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -202,6 +203,35 @@ class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes t
     def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(detail)
         self.rejection = Rejection(reason, _clip(detail))
+
+
+def _json_loads(text: str) -> Any:
+    """``json.loads`` whose outcome on deeply nested input does not depend on the caller.
+
+    ``json.loads`` gives up on nesting deeper than the recursion limit *minus the caller's stack
+    depth*, so the same message would be "not JSON" on one call path and decode (to then be
+    rejected as a wrong type) on another (found by bench/fuzz_decoders.py). Such a message is
+    parsed again on a fresh thread, whose stack is shallower than any caller's: the result is
+    the same wherever the decoder is called from, and ordinary messages pay nothing.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        result: list[Any] = []
+        error: list[BaseException] = []
+
+        def parse() -> None:
+            try:
+                result.append(json.loads(text))
+            except BaseException as exc:  # handed to the caller's thread
+                error.append(exc)
+
+        thread = threading.Thread(target=parse, name="plantwatch-json", daemon=True)
+        thread.start()
+        thread.join()
+        if error:
+            raise error[0] from None
+        return result[0]
 
 
 def _clip(text: str, limit: int = _MAX_DETAIL) -> str:
@@ -550,7 +580,7 @@ class Decoder:
     def _decode_json(self, key: str | None, value: bytes) -> list[ReadingBlock]:
         try:
             # Decode explicitly: json.loads(bytes) would also accept UTF-16/32 and surrogates.
-            doc = json.loads(value.decode("utf-8"))
+            doc = _json_loads(value.decode("utf-8"))
         except UnicodeDecodeError:
             raise _Reject(RejectReason.UNDECODABLE, "message is not valid UTF-8") from None
         except (ValueError, RecursionError) as exc:

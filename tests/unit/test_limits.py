@@ -8,7 +8,10 @@ script here as a regression case.
 from __future__ import annotations
 
 import json
+import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,3 +100,28 @@ def test_hostile_input_is_rejected_cleanly_and_quickly(name: str) -> None:
     if reason is not None:
         assert result.reason.value == reason, result
     assert took < 0.5, f"{name}: {took:.2f}s"
+
+
+def _stack_depth() -> int:
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    return depth
+
+
+def _deeper(frames: int, call: Callable[[], Any]) -> Any:
+    return call() if frames == 0 else _deeper(frames - 1, call)
+
+
+@pytest.mark.parametrize("margin", [-20, 0, 50])
+def test_deep_nesting_gets_the_same_answer_from_any_call_depth(margin: int) -> None:
+    """Fuzzing finding (bench/results/fuzz-findings/7b1f32f6f20d622f): a list nested nearly as
+    deep as the recursion limit was "not JSON" through ``decode_many`` (a few frames deeper) but
+    "a list, not a reading object" through ``decode``."""
+    depth = sys.getrecursionlimit() - _stack_depth() - 10 + margin
+    message = b"[" * depth + b"]" * depth
+    here = DECODER.decode(None, message)
+    assert isinstance(here, Rejection)
+    assert _deeper(150, lambda: DECODER.decode(None, message)) == here
+    batch = DECODER.decode_many([None] * 6, [message] * 6)
+    assert batch.rejections == [(i, here) for i in range(6)]

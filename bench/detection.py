@@ -109,13 +109,18 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _agg(values: Sequence[float], digits: int = 3) -> str:
+def _agg(values: Sequence[float | None], decimals: int = 3) -> str:
+    """``mean ± std`` (sample std) of the finite values, ``n/a`` without any."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
         return "n/a"
     if len(vals) == 1:
-        return f"{vals[0]:.{digits}g}"
-    return f"{statistics.mean(vals):.{digits}g} ± {statistics.stdev(vals):.2g}"
+        return f"{vals[0]:.{decimals}f}"
+    return f"{statistics.mean(vals):.{decimals}f} ± {statistics.stdev(vals):.{decimals}f}"
+
+
+def _decimals(key: str) -> int:
+    return 1 if key.endswith(("_pct", "_steps")) or key.startswith("nab") else 3
 
 
 def _cache_run(result: EvaluationResult, directory: Path) -> None:
@@ -274,13 +279,21 @@ def cmd_images(args: argparse.Namespace) -> int:
     from training.evaluate import tune
     from training.evaluate.metrics import segments
 
-    cached = {s.name: s for s in tune.load_skab_cache(args.cache / args.run, args.skab)}
-    rules = [(label, _rule(text)) for label, text in (r.split("=", 1) for r in args.rules)]
+    # LABEL=q,factor,k,n,m,hysteresis[@RUN]: a panel per rule, on --run or on RUN's scores.
+    panels = []
+    for spec in args.rules:
+        label, text = spec.split("=", 1)
+        text, _, run = text.partition("@")
+        panels.append((label, _rule(text), run or args.run))
+    runs = {
+        run: {s.name: s for s in tune.load_skab_cache(args.cache / run, args.skab)}
+        for run in {p[2] for p in panels}
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.files.split(","):
-        s = cached[name]
-        fig, axes = plt.subplots(len(rules), 1, figsize=(12, 2.6 * len(rules)), sharex=True)
-        for ax, (label, rule) in zip(np.atleast_1d(axes), rules, strict=True):
+        fig, axes = plt.subplots(len(panels), 1, figsize=(12, 2.6 * len(panels)), sharex=True)
+        for ax, (label, rule, run) in zip(np.atleast_1d(axes), panels, strict=True):
+            s = runs[run][name]
             flagged = tune.flags(s, rule)
             x = np.arange(s.score.size)
             ax.plot(x, s.score, color="black", linewidth=0.7, label="window score")
@@ -311,7 +324,7 @@ def cmd_images(args: argparse.Namespace) -> int:
             ax.axvline(tune.TRAIN_ROWS, color="grey", linewidth=0.8)
             c = tune.tally(s, flagged).figures()
             ax.set_title(
-                f"SKAB {name}, {args.run}: {label} ({rule.label()}): F1 {c['f1']:.2f}, "
+                f"SKAB {name}, {run}: {label} ({rule.label()}): F1 {c['f1']:.2f}, "
                 f"FAR {c['far_pct']:.0f} %, MAR {c['mar_pct']:.0f} %",
                 fontsize=9,
             )
@@ -351,28 +364,30 @@ def cmd_render(args: argparse.Namespace) -> int:
     for (kind, label), runs in by.items():
         if kind != "skab":
             continue
-        cells = [_agg([r["figures"][k] for r in runs]) for k in SKAB_KEYS]
+        cells = [_agg([r["figures"][k] for r in runs], _decimals(k)) for k in SKAB_KEYS]
         out.append(
             f"| {label} | {','.join(str(r['seed']) for r in runs)} | "
             + " | ".join(cells)
-            + f" | {_agg([r['wall_s'] for r in runs])} | {_agg([r['cpu_s'] for r in runs])} | "
-            + f"{_agg([r['load_after'][1] for r in runs], 2)} |"
+            + f" | {_agg([r['wall_s'] for r in runs], 0)} | {_agg([r['cpu_s'] for r in runs], 0)}"
+            + f" | {_agg([r['load_after'][1] for r in runs], 1)} |"
         )
     out += [
         "",
         "| simulator configuration | seeds | "
         + " | ".join(SIM_KEYS)
-        + " | wall s/run | CPU s/run |",
-        "|---" * (len(SIM_KEYS) + 4) + "|",
+        + " | alerts judged | wall s/run | CPU s/run | load |",
+        "|---" * (len(SIM_KEYS) + 6) + "|",
     ]
     for (kind, label), runs in by.items():
         if kind != "sim":
             continue
-        cells = [_agg([r["figures"].get(k) for r in runs]) for k in SIM_KEYS]
+        cells = [_agg([r["figures"].get(k) for r in runs], _decimals(k)) for k in SIM_KEYS]
+        cells.append(_agg([r["figures"].get("attribution.alert_cases") for r in runs], 1))
         out.append(
             f"| {label} | {','.join(str(r['seed']) for r in runs)} | "
             + " | ".join(cells)
-            + f" | {_agg([r['wall_s'] for r in runs])} | {_agg([r['cpu_s'] for r in runs])} |"
+            + f" | {_agg([r['wall_s'] for r in runs], 0)} | {_agg([r['cpu_s'] for r in runs], 0)}"
+            + f" | {_agg([r['load_after'][1] for r in runs], 1)} |"
         )
     print("\n".join(out))
     return 0

@@ -180,3 +180,24 @@ def test_offline_and_online_agree_via_kafka(tmp_path: Path, kafka_bootstrap: str
     assert agreement.windows_matched == sum(int(np.isfinite(r.score).sum()) for r in result.replays)
     assert agreement.events_matched == offline_events
     assert agreement.max_rel_score_diff <= 1e-4
+
+
+def test_skab_ignore_sensors_leaves_them_out_of_the_model(tmp_path: Path) -> None:
+    from monitor.bundle import load_bundle
+    from monitor.errors import ConfigError
+
+    root = _skab_like(tmp_path / "skab")
+    result = evaluate(
+        "skab",
+        root,
+        model=ModelOptions(window=16, epochs=2, ignore_sensors=("Temperature", "Thermocouple")),
+        work_dir=tmp_path / "work",
+    )
+    features = load_bundle(result.bundles["valve1/0"]).manifest.features
+    assert "Temperature" not in features
+    assert "Thermocouple" not in features
+    assert len(features) == len(SKAB_SENSORS) - 2
+    with pytest.raises(ConfigError, match="no sensor column 'Temprature'"):
+        evaluate(
+            "skab", root, model=ModelOptions(window=16, epochs=2, ignore_sensors=("Temprature",))
+        )

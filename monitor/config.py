@@ -98,6 +98,10 @@ class WindowSettings(_Section):
     max_gap_steps: int = Field(default=3, ge=0)
     max_assets: int = Field(default=100_000, ge=1)
     overflow: Literal["reject", "evict_idle"] = "reject"
+    #: An asset silent this long (event time, against its partition's other assets) no longer
+    #: holds the partition's committed offset back, so restarts re-read a bounded stretch.
+    #: null: never (a quiet asset then pins the commit until it is evicted).
+    idle_timeout_s: float | None = Field(default=300.0, ge=0)
 
 
 class DetectorSettings(_Section):

@@ -174,6 +174,9 @@ class Service(Lifecycle):
             stride=s.windows.stride,
             max_assets=s.windows.max_assets,
             overflow=s.windows.overflow,
+            idle_timeout_ms=(
+                None if s.windows.idle_timeout_s is None else round(s.windows.idle_timeout_s * 1000)
+            ),
         )
         d = s.detector
         k, n, m = d.resolved(manifest.window.length)

@@ -41,6 +41,11 @@ consumer must re-read to rebuild every window on a partition: per asset, the off
 oldest of its last ``L - 1`` readings (offsets increase within a partition; an asset counts on
 the partition of its last append). Windows already made ready (pending or collected and not
 yet handled) are not included; their ``first_offsets`` are in the :class:`ReadyBatch`.
+With ``idle_timeout_ms`` set, an asset whose last reading is that much older (event time) than
+the median of its partition's assets' last readings no longer holds the partition back: one
+asset gone quiet (decommissioned, renamed, a one-off id) would otherwise pin the commit and make
+every restart re-read everything since (found by the soak run). If such an asset resumes after a
+restart without a gap in its own timestamps, its window starts over.
 """
 
 from __future__ import annotations
@@ -175,6 +180,7 @@ class WindowStore:
         overflow: Overflow = "reject",
         gap_tolerance: float = 0.5,
         slab_size: int = 1024,
+        idle_timeout_ms: int | None = None,
     ) -> None:
         checks = (
             (length >= 2, f"length must be >= 2, got {length}"),
@@ -189,6 +195,10 @@ class WindowStore:
                 f"gap_tolerance must be >= 0, got {gap_tolerance}",
             ),
             (slab_size >= 1, f"slab_size must be >= 1, got {slab_size}"),
+            (
+                idle_timeout_ms is None or idle_timeout_ms >= 0,
+                f"idle_timeout_ms must be >= 0, got {idle_timeout_ms}",
+            ),
         )
         for ok, message in checks:
             if not ok:
@@ -202,6 +212,7 @@ class WindowStore:
         self.overflow: Overflow = overflow
         self.gap_tolerance = gap_tolerance
         self.slab_size = slab_size
+        self.idle_timeout_ms = idle_timeout_ms
         # Integer form of the gap test: for integer dt, dt > (1 + tol)·interval <=> dt > this.
         self._max_step = math.floor((1.0 + gap_tolerance) * interval_ms)
         self._evict = overflow == "evict_idle"
@@ -724,28 +735,34 @@ class WindowStore:
         """:meth:`min_needed_offset` of every partition that has assets, in one pass."""
         L = self.length
         keep = L - 1
-        needed: dict[int, int] = {}
-        for st in self._assets.values():
-            offset = int(st.offs[(st.head - min(st.count, keep)) % L])
-            p = st.partition
-            if offset < needed.get(p, offset + 1):
-                needed[p] = offset
-        return needed
+        states = [st for st in self._assets.values() if st.count]
+        if not states:
+            return {}
+        n = len(states)
+        parts = np.fromiter((st.partition for st in states), np.int64, n)
+        needed = np.fromiter(
+            (st.offs[(st.head - min(st.count, keep)) % L] for st in states), np.int64, n
+        )
+        if self.idle_timeout_ms is not None:
+            last = np.fromiter((st.last_ts for st in states), np.int64, n)
+            live = np.ones(n, dtype=bool)
+            for p in np.unique(parts).tolist():
+                mine = parts == p
+                # The median, not the newest: one asset with a clock far ahead moves nothing.
+                clock = float(np.median(last[mine]))
+                live[mine] = last[mine] >= clock - self.idle_timeout_ms
+            parts, needed = parts[live], needed[live]
+        order = np.lexsort((needed, parts))
+        parts, needed = parts[order], needed[order]
+        first = np.flatnonzero(np.r_[True, parts[1:] != parts[:-1]])
+        return dict(zip(parts[first].tolist(), needed[first].tolist(), strict=True))
 
     def min_needed_offset(self, partition: int) -> int | None:
         """Smallest offset among the last ``L - 1`` readings of the partition's assets.
 
         ``None`` when no asset of ``partition`` is tracked. Pending windows are not included.
         """
-        L = self.length
-        keep = L - 1
-        best: int | None = None
-        for st in self._assets.values():
-            if st.partition == partition:
-                offset = int(st.offs[(st.head - min(st.count, keep)) % L])
-                if best is None or offset < best:
-                    best = offset
-        return best
+        return self.min_needed_offsets().get(partition)
 
     def forget_partition(self, partition: int) -> int:
         """Drop the assets whose last append came from ``partition`` and its pending windows.

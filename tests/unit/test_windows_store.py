@@ -551,3 +551,60 @@ def test_append_many_interleaved_assets_in_one_call() -> None:
         is None
     )
     assert store.collect().assets == []
+
+
+def _stream(store: WindowStore, asset: str, steps: range, *, partition: int = 0) -> None:
+    """One reading per step at ``step * I`` with offset ``1000 * step`` (+ an asset-specific
+    small number so offsets stay unique)."""
+    for step in steps:
+        put(store, asset, [step * I], partition=partition, offsets=[1000 * step + ord(asset[-1])])
+
+
+@pytest.mark.parametrize("timeout_steps", [None, 30])
+def test_a_quiet_asset_stops_holding_the_commit_back_after_the_idle_timeout(
+    timeout_steps: int | None,
+) -> None:
+    # The soak run found it: 2,000 one-off asset ids pinned every partition's commit, so each
+    # restart re-read 15 minutes of the stream.
+    store = WindowStore(
+        length=4,
+        n_features=1,
+        interval_ms=I,
+        idle_timeout_ms=None if timeout_steps is None else timeout_steps * I,
+    )
+    _stream(store, "one-off", range(0, 1))  # one reading at step 0, offset 0 + ord("f")
+    _stream(store, "a", range(0, 20))
+    _stream(store, "b", range(0, 20))
+    # Still within the timeout: the one-off asset's reading is needed to rebuild its window.
+    assert store.min_needed_offset(0) == ord("f")
+    _stream(store, "a", range(20, 100))
+    _stream(store, "b", range(20, 100))
+    if timeout_steps is None:
+        assert store.min_needed_offset(0) == ord("f")  # pinned for ever
+    else:
+        # Only a's and b's last 3 readings (steps 97..99) are needed now.
+        assert store.min_needed_offset(0) == 1000 * 97 + ord("a")
+        assert store.min_needed_offsets() == {0: 1000 * 97 + ord("a")}
+
+
+def test_idle_timeout_clock_is_the_median_not_one_asset_far_ahead() -> None:
+    store = WindowStore(length=4, n_features=1, interval_ms=I, idle_timeout_ms=30 * I)
+    _stream(store, "a", range(0, 10))
+    _stream(store, "b", range(0, 10))
+    # One asset whose clock is a year ahead must not make every other asset look idle.
+    put(store, "z", [365 * 86_400 * I], offsets=[99_999])
+    assert store.min_needed_offset(0) == 1000 * 7 + ord("a")
+
+
+def test_idle_timeout_is_per_partition() -> None:
+    store = WindowStore(length=4, n_features=1, interval_ms=I, idle_timeout_ms=5 * I)
+    _stream(store, "a", range(0, 50), partition=0)
+    # Partition 1's only asset is far behind partition 0's clock, but it is its own partition's
+    # clock: it still holds partition 1 back.
+    _stream(store, "c", range(0, 3), partition=1)
+    assert store.min_needed_offsets() == {0: 1000 * 47 + ord("a"), 1: ord("c")}
+
+
+def test_idle_timeout_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="idle_timeout_ms must be >= 0"):
+        WindowStore(length=4, n_features=1, interval_ms=I, idle_timeout_ms=-1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import socket
@@ -56,6 +57,10 @@ logger = logging.getLogger(__name__)
 
 #: Windows per ONNX Runtime call; larger ready batches are scored in chunks.
 MAX_SCORING_BATCH = 8192
+#: Windows made ready at a time (bytes): larger batches are appended and scored in chunks of
+#: about this size, but at least MIN_CHUNK_READINGS readings.
+CHUNK_BYTES = 32 << 20
+MIN_CHUNK_READINGS = 1024
 #: Windows per batch whose end-to-end latency is observed (an even sample).
 LATENCY_SAMPLES = 256
 #: How often the broker is probed for /readyz.
@@ -482,41 +487,50 @@ class Service(Lifecycle):
             record_offsets = np.fromiter((r.offset for r in records), np.int64, len(records))
             # Offsets increase within a partition: the replayed records are a prefix.
             n_replay = int(np.searchsorted(record_offsets, replay_through, side="right"))
-            result = None
-            if n_replay in (0, len(records)):
-                # All readings of the batch at once; declined if any would be rejected.
-                result = p.store.append_many(
-                    decoded.assets,
-                    decoded.ts_ms,
-                    decoded.values,
-                    record_offsets[decoded.messages],
-                    slot,
-                )
-            if result is None:
-                counts = self._append_each(out, tp, records, decoded, n_replay, slot)
-                ok += counts[0]
-                invalid += counts[1]
-                carried += counts[2]
-                resets += counts[3]
-                rejected_total.update(counts[4])
-            else:
-                self._partition_assets[tp].update(decoded.assets)
-                if not n_replay:
-                    ok += result.accepted
-                    carried += result.carried
-                    resets += result.resets
-                    for i, rejection in decoded.rejections:
-                        invalid += 1
-                        self._dead_letter(out, records[i], rejection.reason.value, rejection.detail)
+            reading_offsets = record_offsets[decoded.messages]
+            for lo, hi in self._chunks(decoded, len(records)):
+                ra, rb = np.searchsorted(decoded.messages, (lo, hi)).tolist()
+                result = None
+                if hi <= n_replay or lo >= n_replay:
+                    # All readings at once; declined if any would be rejected.
+                    result = p.store.append_many(
+                        decoded.assets[ra:rb],
+                        decoded.ts_ms[ra:rb],
+                        decoded.values[ra:rb],
+                        reading_offsets[ra:rb],
+                        slot,
+                    )
+                if result is None:
+                    counts = self._append_each(out, tp, records, decoded, n_replay, slot, lo, hi)
+                    ok += counts[0]
+                    invalid += counts[1]
+                    carried += counts[2]
+                    resets += counts[3]
+                    rejected_total.update(counts[4])
+                else:
+                    self._partition_assets[tp].update(decoded.assets[ra:rb])
+                    if lo >= n_replay:
+                        ok += result.accepted
+                        carried += result.carried
+                        resets += result.resets
+                        for i, rejection in decoded.rejections:
+                            if lo <= i < hi:
+                                invalid += 1
+                                self._dead_letter(
+                                    out, records[i], rejection.reason.value, rejection.detail
+                                )
+                # Scored whenever a chunk's worth is pending: memory stays bounded (a getmany
+                # of batch messages can hold several 100,000 readings, a window each).
+                if p.store.pending >= self._chunk_readings():
+                    await self._score(p.store.collect(), out)
             last_offset[tp] = records[-1].offset
+        if p.store.pending:
+            await self._score(p.store.collect(), out)
         for outcome, count in (("ok", ok), ("invalid", invalid), *rejected_total.items()):
             out.count(m.readings.labels(outcome), count)
         for kind, count in (("carried_forward", carried), ("window_reset", resets)):
             out.count(m.data_quality.labels(kind), count)
 
-        ready = p.store.collect()
-        if len(ready):
-            await self._score(ready, out)
         await self._commit(out, last_offset)
         # Counted once the batch is scored and committed: "consumed" means fully handled.
         for counter, amount in out.counts:
@@ -529,6 +543,18 @@ class Service(Lifecycle):
                 self._replay_through.pop(tp, None)
         m.tracked_assets.set(len(p.store))
 
+    def _chunk_readings(self) -> int:
+        store = self.pipeline.store
+        return max(MIN_CHUNK_READINGS, CHUNK_BYTES // (store.length * store.n_features * 4))
+
+    def _chunks(self, decoded: DecodedBatch, n_messages: int) -> list[tuple[int, int]]:
+        """Message ranges of a partition's batch holding about CHUNK_BYTES of windows each."""
+        limit = self._chunk_readings()
+        if len(decoded) <= limit:
+            return [(0, n_messages)]
+        cuts = [0, *np.unique(decoded.messages[limit::limit]).tolist(), n_messages]
+        return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+
     def _append_each(
         self,
         out: _Outgoing,
@@ -537,10 +563,13 @@ class Service(Lifecycle):
         decoded: DecodedBatch,
         n_replay: int,
         slot: int,
+        lo: int,
+        hi: int,
     ) -> tuple[int, int, int, int, Counter[str]]:
         """Append a partition's batch message by message (when some reading is rejected, or
         the batch straddles the end of a replay): each message with rejected readings is
-        dead-lettered. Returns (ok, invalid, carried, resets, rejected readings by result)."""
+        dead-lettered. Messages ``lo`` to ``hi`` (excluded) of ``records``. Returns (ok, invalid,
+        carried, resets, rejected readings by result)."""
         p = self.pipeline
         ok = invalid = carried = resets = 0
         rejected_total: Counter[str] = Counter()
@@ -548,7 +577,8 @@ class Service(Lifecycle):
         rejections = dict(decoded.rejections)
         # Most messages carry one reading; the store copies offsets, so one array serves all.
         one = np.empty(1, dtype=np.int64)
-        for i, record in enumerate(records):
+        for i in range(lo, hi):
+            record = records[i]
             replay = i < n_replay
             rejection = rejections.get(i)
             if rejection is not None:

@@ -371,24 +371,38 @@ def cmd_render(args: argparse.Namespace) -> int:
             + f" | {_agg([r['wall_s'] for r in runs], 0)} | {_agg([r['cpu_s'] for r in runs], 0)}"
             + f" | {_agg([r['load_after'][1] for r in runs], 1)} |"
         )
-    out += [
-        "",
-        "| simulator configuration | seeds | "
-        + " | ".join(SIM_KEYS)
-        + " | alerts judged | wall s/run | CPU s/run | load |",
-        "|---" * (len(SIM_KEYS) + 6) + "|",
+    sims = [(label, runs) for (kind, label), runs in by.items() if kind == "sim"]
+    detection = [k for k in SIM_KEYS if not k.startswith("attribution.")]
+    attribution = [
+        "attribution.alert_top1",
+        "attribution.alert_top3",
+        "attribution.alert_cases",
+        "attribution.window_top1",
+        "attribution.window_top3",
+        "attribution.window_cases",
     ]
-    for (kind, label), runs in by.items():
-        if kind != "sim":
-            continue
-        cells = [_agg([r["figures"].get(k) for r in runs], _decimals(k)) for k in SIM_KEYS]
-        cells.append(_agg([r["figures"].get("attribution.alert_cases") for r in runs], 1))
-        out.append(
-            f"| {label} | {','.join(str(r['seed']) for r in runs)} | "
-            + " | ".join(cells)
-            + f" | {_agg([r['wall_s'] for r in runs], 0)} | {_agg([r['cpu_s'] for r in runs], 0)}"
-            + f" | {_agg([r['load_after'][1] for r in runs], 1)} |"
-        )
+    for keys, timing in ((detection, False), (attribution, True)):
+        extra = ["wall s/run", "CPU s/run", "load"] if timing else []
+        out += [
+            "",
+            "| simulator configuration | seeds | " + " | ".join([*keys, *extra]) + " |",
+            "|---" * (len(keys) + len(extra) + 2) + "|",
+        ]
+        for label, runs in sims:
+            cells = [
+                _agg(
+                    [r["figures"].get(k) for r in runs], 1 if k.endswith("cases") else _decimals(k)
+                )
+                for k in keys
+            ]
+            if timing:
+                cells += [
+                    _agg([r["wall_s"] for r in runs], 0),
+                    _agg([r["cpu_s"] for r in runs], 0),
+                    _agg([r["load_after"][1] for r in runs], 1),
+                ]
+            seeds = ",".join(str(r["seed"]) for r in runs)
+            out.append(f"| {label} | {seeds} | " + " | ".join(cells) + " |")
     print("\n".join(out))
     return 0
 

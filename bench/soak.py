@@ -25,7 +25,9 @@ Faults, in turn:
 * ``sigterm``: SIGTERM one instance (graceful), restart it;
 * ``broker``: stop the broker for ``--outage`` seconds, then restart it;
 * ``bundle``: write a truncated manifest into the model directory, restore it 5 s later;
-* ``flood``: 2,000 readings of unknown new assets beyond ``windows.max_assets``.
+* ``flood``: one reading each of ``rate`` + 2,000 unknown new assets: more than either
+  instance's ``windows.max_assets`` (``rate`` + 20) has room for, so some are admitted (and
+  then fall silent) and the rest are dead-lettered.
 
 Every minute each instance's RSS is sampled and its own ``/metrics`` scraped (fixed ports): the
 delta of ``plantwatch_end_to_end_latency_seconds`` over the minute gives p50/p99 (interpolated
@@ -214,6 +216,7 @@ class Soak:
         self.minutes: list[dict[str, Any]] = []
         self.capacity: dict[str, Any] = {}
         self.began = 0.0
+        self.final_offsets: list[dict[str, int]] = []
         # Per instance: (pid, last scrape), and what it counted after that before it was stopped.
         self.scraped: dict[str, tuple[int, dict[str, Any]]] = {}
         self.carry: dict[str, tuple[dict[float, float], float]] = {}
@@ -324,6 +327,30 @@ class Soak:
             meta = committed.get(tp)
             state = offsets.decode(meta.metadata if meta is not None else None)
             out[tp] = state.scored_through if state is not None else -1
+        return out
+
+    async def offsets_now(self) -> list[dict[str, int]]:
+        """Per partition: the committed offset (where a new owner starts reading), the offset
+        scored through (from the commit metadata) and the end."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            committed = await admin.list_consumer_group_offsets("soak", partitions=self.tps)
+        finally:
+            await admin.close()
+        ends = await self.ends()
+        out = []
+        for tp in self.tps:
+            meta = committed.get(tp)
+            state = offsets.decode(meta.metadata if meta is not None else None)
+            out.append(
+                {
+                    "partition": tp.partition,
+                    "committed": meta.offset if meta is not None else -1,
+                    "scored_through": state.scored_through if state is not None else -1,
+                    "end": ends[tp],
+                }
+            )
         return out
 
     async def scored_through(self) -> dict[TopicPartition, int]:
@@ -507,7 +534,7 @@ class Soak:
                     await producer.send(
                         "soak.readings", reading(f"flood-{i}", 0), key=f"flood-{i}".encode()
                     )
-                    for i in range(2000)
+                    for i in range(self.rate + 2000)
                 ]
                 await asyncio.gather(*futures)
         recovered = await self.caught_up(at, limit=120)
@@ -657,6 +684,7 @@ class Soak:
         stop.set()
         await producing
         final = await self.caught_up(time.monotonic(), limit=120)
+        self.final_offsets = await self.offsets_now()
         await asyncio.sleep(
             max(0.0, self.began + 60 * (len(self.minutes) + 1) - time.monotonic() + 1)
         )
@@ -716,11 +744,14 @@ class Soak:
         first = WINDOW - 1
         missing_by_asset: dict[str, int] = {}
         twice = 0
+        holes = 0  # never scored although a later reading of the same asset was
         for a, row in zip(self.assets, seen, strict=True):
             tail = row[first:]
             gaps = tail.count(0)
             if gaps:
                 missing_by_asset[a] = gaps
+                last = max((k for k, v in enumerate(tail) if v), default=-1)
+                holes += tail[: last + 1].count(0)
             twice += len(tail) - gaps - tail.count(1)
         expected = len(self.assets) * max(0, self.steps - first)
         missing_examples = []
@@ -745,6 +776,7 @@ class Soak:
             "expected": expected,
             "missing": sum(missing_by_asset.values()),
             "missing_assets": len(missing_by_asset),
+            "missing_holes": holes,
             "missing_examples": missing_examples,
             "scored_twice": twice,
             "alert_events": sum(ids.values()),
@@ -896,8 +928,29 @@ def report(args: argparse.Namespace, result: dict[str, Any], soak: Soak, machine
         f"{result['final_catch_up_s'] or float('nan'):.1f} s; peak RSS (MB) "
         + ", ".join(f"{k}: {v:.0f}" for k, v in result["peak_rss_mb"].items()),
     ]
+    if result["missing"]:
+        lines.append(
+            f"- of the never scored: {result['missing_holes']:,} are holes (a later reading of "
+            f"the same asset was scored), {result['missing'] - result['missing_holes']:,} the "
+            "tail of their asset (not yet scored when the run stopped)"
+        )
     if result["missing_examples"]:
         lines.append(f"- never scored, examples: {result['missing_examples']}")
+    if soak.final_offsets:
+        lines += [
+            "",
+            "Offsets at the end (after the final catch-up): `committed` is where a new owner "
+            "starts reading after a restart or rebalance (the oldest reading a window still "
+            "needs), `scored through` from the commit metadata.",
+            "",
+            "| partition | committed | scored through | end | end − committed |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for o in soak.final_offsets:
+            lines.append(
+                f"| {o['partition']} | {o['committed']:,} | {o['scored_through']:,} | "
+                f"{o['end']:,} | {o['end'] - o['committed']:,} |"
+            )
     lines += [
         "",
         "| # | at (s) | fault | instance | caught up after (s) |",

@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import socket
 import time
 from collections import Counter, defaultdict
@@ -63,6 +64,10 @@ CHUNK_BYTES = 32 << 20
 MIN_CHUNK_READINGS = 1024
 #: Windows per batch whose end-to-end latency is observed (an even sample).
 LATENCY_SAMPLES = 256
+#: After the alert state did not fit in a partition's commit metadata, commit without it for
+#: this long before trying again; warn about it at most this often per partition.
+BARE_COMMIT_RETRY_S = 30.0
+BARE_COMMIT_WARN_S = 600.0
 #: How often the broker is probed for /readyz.
 PROBE_INTERVAL_S = 5.0
 
@@ -148,6 +153,9 @@ class Service(Lifecycle):
         self._pipeline: _Pipeline | None = None
         #: Held while a batch is processed and committed, and by rebalance callbacks.
         self._batch_lock = asyncio.Lock()
+        #: Per partition: commit without alert state until then (it did not fit); last warning.
+        self._bare_commits_until: dict[TopicPartition, float] = {}
+        self._bare_commit_warned: dict[TopicPartition, float] = {}
 
     @property
     def pipeline(self) -> _Pipeline:
@@ -434,6 +442,7 @@ class Service(Lifecycle):
             p.store.forget_partition(self._slot(tp))
             self._replay_through.pop(tp, None)
             self._position.pop(tp, None)
+            self._bare_commits_until.pop(tp, None)
             self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         if revoked:
             logger.info("partitions revoked: %s", _tps(revoked))
@@ -694,19 +703,26 @@ class Service(Lifecycle):
             through = max(last, self._replay_through.get(tp, -1))
             commits[tp] = (start, self._commit_metadata(tp, through))
         sent: list[asyncio.Future[object]] = []
+
+        def track(future: asyncio.Future[object]) -> None:
+            # If the batch fails, records still in flight fail later, one by one: their errors
+            # are the batch's, handled once by the rewind ("exception never retrieved" else).
+            future.add_done_callback(_retrieve)
+            sent.append(future)
+
         try:
             async with self._producer.transaction():
                 for event in out.alerts:
-                    sent.append(
+                    track(
                         await self._producer.send(
                             s.alerts.topic, event.to_json(), key=event.asset.encode()
                         )
                     )
                 if s.scores.topic:
                     for asset, doc in out.scores:
-                        sent.append(await self._producer.send(s.scores.topic, doc, key=asset))
+                        track(await self._producer.send(s.scores.topic, doc, key=asset))
                 for dl_key, dl_value, headers in out.dead_letters:
-                    sent.append(
+                    track(
                         await self._producer.send(
                             s.input.dead_letter_topic, dl_value, key=dl_key, headers=headers
                         )
@@ -729,20 +745,32 @@ class Service(Lifecycle):
         detector = self.pipeline.detector
         assets = self._partition_assets.get(tp, set())
         limit = self.settings.kafka.offset_metadata_max_bytes
-        for history in (True, False):
-            state = offsets.CommitState(through, detector.snapshot(assets, history=history) or None)
-            text = offsets.encode(state, limit=limit)
-            if text is not None:
-                if not history:
-                    logger.debug("%s: k-of-n histories left out of the commit (too large)", tp)
-                return text
-        logger.warning(
-            "%s: alert state of %d assets does not fit in %d bytes of commit metadata; "
-            "committed without it (raise offset.metadata.max.bytes on the brokers)",
-            tp,
-            len(assets),
-            limit,
-        )
+        now = time.monotonic()
+        # After a miss, commit the bare offset for a while instead of snapshotting and
+        # compressing every asset's state twice per batch only to find it still too large.
+        if self._bare_commits_until.get(tp, 0.0) <= now:
+            for history in (True, False):
+                snapshot = detector.snapshot(assets, history=history) or None
+                text = offsets.encode(offsets.CommitState(through, snapshot), limit=limit)
+                if text is not None:
+                    if not history:
+                        logger.debug("%s: k-of-n histories left out of the commit (too large)", tp)
+                    self._bare_commits_until.pop(tp, None)
+                    return text
+            self._bare_commits_until[tp] = now + BARE_COMMIT_RETRY_S
+            if now - self._bare_commit_warned.get(tp, -math.inf) >= BARE_COMMIT_WARN_S:
+                # Once per partition and BARE_COMMIT_WARN_S, not per batch (23,500 lines an
+                # hour in the soak run).
+                self._bare_commit_warned[tp] = now
+                logger.warning(
+                    "%s: alert state of %d assets does not fit in %d bytes of commit metadata; "
+                    "committing without it, so alerts open at a handover start over (raise "
+                    "offset.metadata.max.bytes on the brokers and kafka.offset_metadata_max_bytes, "
+                    "or use more partitions)",
+                    tp,
+                    len(assets),
+                    limit,
+                )
         text = offsets.encode(offsets.CommitState(through), limit=limit)
         assert text is not None  # a bare offset always fits
         return text
@@ -785,6 +813,11 @@ def _score_messages(
         doc = {"asset": asset, "ts": ts_ms[idx].tolist(), "score": scores[idx].tolist()}
         messages.append((asset.encode(), json.dumps(doc, separators=(",", ":")).encode()))
     return messages
+
+
+def _retrieve(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _tps(tps: list[TopicPartition]) -> str:

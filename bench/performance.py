@@ -375,11 +375,13 @@ async def main(bootstrap, topic, alerts, n_assets, seconds, spec):
             *(producer.send_batch(b, topic, partition=p) for p, b in batches.items())
         )
 
-    # History first: each asset's window fills from readings of the past `history` seconds.
+    # History first: each asset's window fills from readings of the past `history` seconds;
+    # the live stream starts once the service has caught up with it (a line on stdin).
     now = int(time.time() * 1000)
     for step in range(history, 0, -1):
         await send(0, n_assets, now - step * 1000, False)
     await producer.flush()
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     slices = 20  # each asset reports once a second; the plant is spread over the second
     per = (n_assets + slices - 1) // slices
     start = time.monotonic()
@@ -416,6 +418,11 @@ class Latency:
     alert_p50: float  # reading timestamp → alert event read from the alerts topic, seconds
     alert_p99: float
     alerts: int
+    catch_up: float  # seconds to consume the history before the live stream
+
+
+def _consumed(service: Service, topic: str) -> float:
+    return service.registry.get_sample_value("plantwatch_messages_total", {"topic": topic}) or 0
 
 
 def _buckets(service: Service) -> list[tuple[float, float]]:
@@ -434,11 +441,11 @@ async def latency_run(
 ) -> Latency:
     """Latency of a live stream: ``rate`` assets each send one JSON reading a second.
 
-    A separate producer process first writes a window's worth of history for every asset, then
-    readings stamped with the wall clock, spread over each second; 1 % of the assets turn
-    anomalous for 10 s in every 20 s, so alerts open and resolve. Reading → scored comes from
-    the service's own ``end_to_end_latency_seconds`` histogram (interpolated within buckets),
-    counting only windows scored after a 5 s warm-up (the history is caught up by then);
+    A separate producer process first writes a window's worth of history for every asset; once
+    the service has consumed it, readings stamped with the wall clock, spread over each second;
+    1 % of the assets turn anomalous for 10 s in every 20 s, so alerts open and resolve.
+    Reading → scored comes from the service's own ``end_to_end_latency_seconds`` histogram
+    (interpolated within buckets), counting only windows scored after a 5 s live warm-up;
     reading → alert is measured by a ``read_committed`` consumer of the alerts topic in the
     producer process, against each event's window timestamp.
     """
@@ -464,20 +471,30 @@ async def latency_run(
                 "history": bundle.manifest.window.length}  # fmt: skip
         producer = await asyncio.create_subprocess_exec(
             sys.executable, "-c", PACED_PRODUCER, bootstrap, topic, alerts_topic, str(rate),
-            str(seconds + 5), json.dumps(spec), stdout=asyncio.subprocess.PIPE,
+            str(seconds + 5), json.dumps(spec), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        # Warm-up: the history and the first live seconds.
-        await asyncio.sleep(5 + bundle.manifest.window.length * rate / 200_000)
+        assert producer.stdin is not None
+        history = rate * bundle.manifest.window.length
+        started = time.monotonic()
+        while _consumed(service, topic) < history:  # the history is caught up first
+            if task.done():
+                task.result()
+            if time.monotonic() - started > 300:
+                raise RuntimeError(f"the service did not catch up with {history:,} readings")
+            await asyncio.sleep(0.1)
+        catch_up = time.monotonic() - started
+        producer.stdin.write(b"go\n")
+        await producer.stdin.drain()
+        await asyncio.sleep(5)  # warm-up: the first live seconds are not measured
         before = _buckets(service)
         stdout, _ = await producer.communicate()
         after = _buckets(service)
         report = json.loads(stdout.decode().strip().splitlines()[-1])
         if task.done():
             task.result()
-        expected = report["sent"] + rate * bundle.manifest.window.length
-        consumed = (
-            service.registry.get_sample_value("plantwatch_messages_total", {"topic": topic}) or 0
-        )
+        expected = report["sent"] + history
+        consumed = _consumed(service, topic)
         buckets = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
         lags = sorted(ms / 1000 for event, ms in report["alerts"])
         return Latency(
@@ -490,6 +507,7 @@ async def latency_run(
             alert_p50=float(np.percentile(lags, 50)) if lags else float("nan"),
             alert_p99=float(np.percentile(lags, 99)) if lags else float("nan"),
             alerts=len(lags),
+            catch_up=catch_up,
         )
     finally:
         service.request_stop()
@@ -658,7 +676,13 @@ async def latency_section(
         "service's `end_to_end_latency_seconds` histogram (buckets 5, 10, 25, 50, 100 ms …, "
         "interpolated). Reading → alert event: wall clock when a `read_committed` consumer got "
         "the event minus the event's window timestamp (detector k=3 of n=5 for this run). "
-        "Kept up: every reading consumed within 3 s of the end.\n"
+        "Kept up: every reading consumed within 3 s of the end. Before each run the producer "
+        "writes a window's worth of history per asset and waits until the service has consumed "
+        "it (catch-up: "
+        + ", ".join(
+            f"{r.catch_up:.0f} s at {r.rate:,}/s" for r in sorted(runs, key=lambda r: r.rate)
+        )
+        + ").\n"
     )
 
 
@@ -686,6 +710,7 @@ def growth_section(
     for n_assets, window, n_features in points:
         key = (window, n_features)
         if key not in bundles:
+            (workdir / f"w{window}").mkdir(parents=True, exist_ok=True)
             bundles[key] = train_bundle(workdir / f"w{window}", "dense", n_features, window)
         steps = max(3, min(200, 200_000 // n_assets))
         rate, rss = growth_point(bundles[key], n_assets, steps)
@@ -767,6 +792,11 @@ async def main(args: argparse.Namespace) -> int:
     latency_bundle: Bundle | None = None
     trained: dict[tuple[int, int], Bundle] = {}  # dense bundles by (window, sensors)
     for n_features in args.sensors:
+        if not args.throughput:
+            dense = train_bundle(workdir, "dense", n_features, args.window)
+            latency_bundle = latency_bundle or dense
+            trained[(args.window, n_features)] = dense
+            continue
         bundles = {
             fam: train_bundle(workdir, fam, n_features, args.window) for fam in args.families
         }
@@ -826,12 +856,13 @@ async def main(args: argparse.Namespace) -> int:
         await latency_section(bootstrap, latency_bundle, args, say)
     if args.growth:
         growth_section(workdir, args, say, trained)
-    say("## Memory of the window store (window 64 × 16)\n")
-    say("| assets | peak RSS |")
-    say("|---|---|")
-    for n in args.memory_assets:
-        say(f"| {n:,} | {store_memory(n, 64, 16) / 2**20:,.0f} MiB |")
-    say("")
+    if args.memory:
+        say("## Memory of the window store (window 64 × 16)\n")
+        say("| assets | peak RSS |")
+        say("|---|---|")
+        for n in args.memory_assets:
+            say(f"| {n:,} | {store_memory(n, 64, 16) / 2**20:,.0f} MiB |")
+        say("")
     say(f"Load average at the end: {_load()}\n")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -863,6 +894,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--latency-seconds", type=float, default=30.0)
     p.add_argument("--no-growth", dest="growth", action="store_false")
+    p.add_argument(
+        "--no-throughput",
+        dest="throughput",
+        action="store_false",
+        help="skip the consume/scoring/plantwatch/naive tables (e.g. to rerun latency only)",
+    )
+    p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--growth-point", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.batch_sizes = (256, 1024, 4096)

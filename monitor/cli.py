@@ -599,7 +599,13 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "that its window scores and alert events equal the offline ones",
     )
     p.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka for --via-kafka")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: SKAB's per-file models are too small to gain from more; "
+        "0: torch's default)",
+    )
     p.set_defaults(handler=_run_evaluate)
 
 

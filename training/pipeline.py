@@ -36,7 +36,7 @@ from monitor.errors import ConfigError, DataError
 from training.calibrate import QuantileRule, ThresholdRule, summarize
 from training.data import Dataset, load_training_data
 from training.export import OPSET, ScoringGraph, check_parity, export_onnx, score_windows
-from training.fit import FitConfig, fit
+from training.fit import FitConfig, fit, seed_everything
 from training.models import build_model
 from training.pca import PCAModel
 from training.report import write_report
@@ -118,6 +118,9 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         len(val_raw),
     )
 
+    # Seed before the model exists: its initial weights come from the global RNG, which torch
+    # seeds randomly per process, so seeding only inside fit() left --seed without effect on them.
+    seed_everything(config.fit.seed)
     model = build_model(config.family, config.window, len(features), **config.hyperparameters)
     result = fit(model, scaler.transform(train_raw), scaler.transform(val_raw), config.fit)
     graph = ScoringGraph(result.model, scaler)

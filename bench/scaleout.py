@@ -135,6 +135,17 @@ async def scored_through(admin: AIOKafkaAdminClient, group: str, tps: list[Topic
     return out
 
 
+async def group_settled(logs: list[Path], *, poll_s: float, within_s: float = 120) -> None:
+    """Until every instance's log says it has partitions and the logs stop changing for 3 s."""
+    async with asyncio.timeout(within_s):
+        while not all("partitions assigned" in log.read_text() for log in logs):  # noqa: ASYNC110
+            await asyncio.sleep(poll_s)
+        settled = ""
+        while (now := "".join(log.read_text() for log in logs)) != settled:
+            settled = now
+            await asyncio.sleep(3.0)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
@@ -179,13 +190,7 @@ async def run_group(
     await consumer.start()
     try:
         # Every instance joins the group on the empty topic first; the group then settles.
-        async with asyncio.timeout(120):
-            while not all("partitions assigned" in log.read_text() for log in logs):  # noqa: ASYNC110
-                await asyncio.sleep(0.2)
-            settled = ""
-            while (now := "".join(log.read_text() for log in logs)) != settled:
-                settled = now
-                await asyncio.sleep(3.0)
+        await group_settled(logs, poll_s=0.2)
         cpu_before = [cpu_seconds(p.pid) for p in procs]
         began = time.monotonic()
         await fill(bootstrap, topic, messages)

@@ -77,7 +77,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine_info import cpu_model  # noqa: E402
-from scaleout import train_sine_bundle  # noqa: E402
+from scaleout import group_settled, train_sine_bundle  # noqa: E402
 
 from monitor import offsets  # noqa: E402
 
@@ -408,13 +408,7 @@ class Soak:
         procs = [self.start(name, doc) for name in ("cap-a", "cap-b")]
         logs = [self.work / f"{name}.log" for name in ("cap-a", "cap-b")]
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        async with asyncio.timeout(120):
-            while not all("partitions assigned" in log.read_text() for log in logs):  # noqa: ASYNC110
-                await asyncio.sleep(0.5)
-            settled = ""
-            while (now := "".join(log.read_text() for log in logs)) != settled:
-                settled = now
-                await asyncio.sleep(3.0)
+        await group_settled(logs, poll_s=0.5)
 
         async def scored() -> int:
             through = await self.committed_through("cap", tps)

@@ -6,8 +6,10 @@ Only this module and the components that own a consumer or producer touch aiokaf
 from __future__ import annotations
 
 import ssl
+import time
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
@@ -109,3 +111,30 @@ async def _probe(settings: KafkaSettings) -> BaseException | None:
         return exc
     conn.close()
     return None
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, idle_s: float = 1.5
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every committed record of ``topic`` from the start, read until nothing new arrives for
+    ``idle_s`` (for tools and tests that check what the service wrote)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle_s:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+            if batch:
+                quiet_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return records

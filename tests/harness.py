@@ -13,11 +13,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
 from monitor.config import Settings
 from monitor.events import AlertEvent
+from monitor.kafka import read_topic
 from monitor.service import Service
 
 
@@ -85,30 +85,6 @@ async def wait_consumed(service: Service, topic: str, messages: int, within: flo
         within=within,
         what=f"{messages} messages of {topic} to be consumed",
     )
-
-
-async def read_topic(bootstrap: str, topic: str, *, idle_s: float = 1.5) -> list[Any]:
-    """Every committed record of ``topic``, read until nothing new arrives for ``idle_s``."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < idle_s:
-            batch = await consumer.getmany(timeout_ms=200)
-            for part in batch.values():
-                records.extend(part)
-            if batch:
-                quiet_since = time.monotonic()
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def read_alerts(bootstrap: str, topic: str) -> list[AlertEvent]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
@@ -38,6 +38,7 @@ from monitor.config import Settings
 from monitor.detector import DetectorConfig
 from monitor.errors import KafkaUnavailableError
 from monitor.events import AlertEvent
+from monitor.kafka import read_topic
 from monitor.records import encode_binary
 from monitor.service import Service
 from training.evaluate.runner import Replay
@@ -251,27 +252,9 @@ async def _serve_until_consumed(settings: Settings, topic: str, messages: int) -
 
 
 async def _read(bootstrap: str, topic: str, *, idle_s: float = 1.5) -> list[bytes]:
-    """Every committed record value of ``topic`` (one partition), in offset order."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < idle_s:
-            batch = await consumer.getmany(timeout_ms=200)
-            for part in batch.values():
-                values.extend(r.value for r in part if r.value is not None)
-            if batch:
-                quiet_since = time.monotonic()
-    finally:
-        await consumer.stop()
-    return values
+    """Every committed record value of ``topic``, in offset order."""
+    records = await read_topic(bootstrap, topic, idle_s=idle_s)
+    return [r.value for r in records if r.value is not None]
 
 
 def _close(a: float, b: float, rtol: float, atol: float) -> bool:

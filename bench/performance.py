@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
+import gc
 import json
 import math
 import os
@@ -34,7 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -419,6 +421,45 @@ class Latency:
     alert_p99: float
     alerts: int
     catch_up: float  # seconds to consume the history before the live stream
+    #: Per committed batch in the measured part: mean seconds in each stage of the data path
+    #: (``plantwatch_batch_stage_seconds``) and the batches, windows and Python GC pauses.
+    stages: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
+    gc_pauses: list[float] = field(default_factory=list)
+
+
+STAGES = ("decode", "windows", "score", "detect", "commit")
+
+
+def _stage_totals(service: Service) -> dict[str, tuple[float, float]]:
+    """(seconds, batches) per stage so far, from the service's own histogram."""
+    get = service.registry.get_sample_value
+    return {
+        stage: (
+            get("plantwatch_batch_stage_seconds_sum", {"stage": stage}) or 0.0,
+            get("plantwatch_batch_stage_seconds_count", {"stage": stage}) or 0.0,
+        )
+        for stage in STAGES
+    }
+
+
+@contextlib.contextmanager
+def gc_pauses() -> Iterator[list[float]]:
+    """Durations of the garbage collector's runs in this process (the service runs here)."""
+    pauses: list[float] = []
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(callback)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(callback)
 
 
 def _consumed(service: Service, topic: str) -> float:
@@ -488,8 +529,16 @@ async def latency_run(
         await producer.stdin.drain()
         await asyncio.sleep(5)  # warm-up: the first live seconds are not measured
         before = _buckets(service)
-        stdout, _ = await producer.communicate()
+        stages_before = _stage_totals(service)
+        with gc_pauses() as pauses:
+            stdout, _ = await producer.communicate()
         after = _buckets(service)
+        stages_after = _stage_totals(service)
+        batches = stages_after["commit"][1] - stages_before["commit"][1]
+        stages = {
+            stage: (stages_after[stage][0] - stages_before[stage][0]) / max(batches, 1)
+            for stage in STAGES
+        }
         report = json.loads(stdout.decode().strip().splitlines()[-1])
         if task.done():
             task.result()
@@ -508,6 +557,9 @@ async def latency_run(
             alert_p99=float(np.percentile(lags, 99)) if lags else float("nan"),
             alerts=len(lags),
             catch_up=catch_up,
+            stages=stages,
+            batches=int(batches),
+            gc_pauses=pauses,
         )
     finally:
         service.request_stop()
@@ -684,6 +736,24 @@ async def latency_section(
         )
         + ").\n"
     )
+    say("Where a batch's time goes (the same runs; mean per committed batch, from the service's")
+    say("`batch_stage_seconds`; GC: the Python garbage collector's runs in the service process):\n")
+    say(
+        "| readings/s | batches/s | windows/batch | "
+        + " | ".join(STAGES)
+        + " | cycle | GC runs | GC max pause |"
+    )
+    say("|---" * (len(STAGES) + 6) + "|")
+    for r in sorted(runs, key=lambda r: r.rate):
+        seconds = args.latency_seconds
+        cycle = sum(r.stages.values())
+        say(
+            f"| {r.rate:,} | {r.batches / seconds:,.1f} | {r.windows / max(r.batches, 1):,.0f} | "
+            + " | ".join(f"{r.stages.get(st, 0.0) * 1000:.1f} ms" for st in STAGES)
+            + f" | {cycle * 1000:.1f} ms | {len(r.gc_pauses):,} | "
+            f"{max(r.gc_pauses, default=0.0) * 1000:.1f} ms |"
+        )
+    say("")
 
 
 def growth_section(

@@ -99,8 +99,9 @@ class WindowSettings(_Section):
     max_assets: int = Field(default=100_000, ge=1)
     overflow: Literal["reject", "evict_idle"] = "reject"
     #: An asset silent this long (event time, against its partition's other assets) no longer
-    #: holds the partition's committed offset back, so restarts re-read a bounded stretch.
-    #: null: never (a quiet asset then pins the commit until it is evicted).
+    #: holds the partition's committed offset back, so restarts re-read a bounded stretch; once
+    #: also silent for this long in processing time it is expired (memory and place freed).
+    #: null: never (a quiet asset then pins the commit and its place until it is evicted).
     idle_timeout_s: float | None = Field(default=300.0, ge=0)
 
 

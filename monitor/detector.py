@@ -258,6 +258,10 @@ class Detector:
         """Number of non-idle assets (open alert, partial history or cooldown)."""
         return len(self._states)
 
+    def has_state(self, asset: str) -> bool:
+        """Whether ``asset`` is not idle (open alert, partial history or cooldown)."""
+        return asset in self._states
+
     def forget(self, assets: Iterable[str]) -> None:
         """Drop the state of these assets (their partition went to another consumer)."""
         for asset in assets:

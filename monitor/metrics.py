@@ -86,6 +86,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.batch_stage = Histogram(
+            f"{p}_batch_stage_seconds",
+            "Time one batch spent in each stage of the data path (decode, windows, score, "
+            "detect, commit): where a batch's latency goes.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.end_to_end_latency = Histogram(
             f"{p}_end_to_end_latency_seconds",
             "From a reading's timestamp to its window being scored.",

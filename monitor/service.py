@@ -27,7 +27,7 @@ import math
 import socket
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,9 +86,20 @@ class _Outgoing:
     #: "every reading counted" would otherwise stop the service before the last ones scored).
     counts: list[tuple[PromCounter, float]] = field(default_factory=list)
 
+    #: Seconds spent per stage of the data path (observed once per batch).
+    stages: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+
     def count(self, counter: PromCounter, amount: float = 1) -> None:
         if amount:
             self.counts.append((counter, amount))
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[stage] += time.perf_counter() - t0
 
 
 @dataclass(frozen=True)
@@ -158,6 +169,10 @@ class Service(Lifecycle):
         #: Per partition: commit without alert state until then (it did not fit); last warning.
         self._bare_commits_until: dict[TopicPartition, float] = {}
         self._bare_commit_warned: dict[TopicPartition, float] = {}
+        #: Silent assets are expired this often (windows.idle_timeout_s; never without it).
+        idle = settings.windows.idle_timeout_s
+        self._expiry_period_s = math.inf if idle is None else max(idle, 1.0)
+        self._next_expiry = time.monotonic() + self._expiry_period_s
 
     @property
     def pipeline(self) -> _Pipeline:
@@ -517,8 +532,11 @@ class Service(Lifecycle):
         for tp, records in batch.items():
             replay_through = self._replay_through.get(tp, -1)
             slot = self._slot(tp)
-            decoded = p.decoder.decode_many([r.key for r in records], [r.value for r in records])
-            record_offsets = np.fromiter((r.offset for r in records), np.int64, len(records))
+            with out.timed("decode"):
+                decoded = p.decoder.decode_many(
+                    [r.key for r in records], [r.value for r in records]
+                )
+                record_offsets = np.fromiter((r.offset for r in records), np.int64, len(records))
             # Offsets increase within a partition: the replayed records are a prefix.
             n_replay = int(np.searchsorted(record_offsets, replay_through, side="right"))
             reading_offsets = record_offsets[decoded.messages]
@@ -527,15 +545,19 @@ class Service(Lifecycle):
                 result = None
                 if hi <= n_replay or lo >= n_replay:
                     # All readings at once; declined if any would be rejected.
-                    result = p.store.append_many(
-                        decoded.assets[ra:rb],
-                        decoded.ts_ms[ra:rb],
-                        decoded.values[ra:rb],
-                        reading_offsets[ra:rb],
-                        slot,
-                    )
+                    with out.timed("windows"):
+                        result = p.store.append_many(
+                            decoded.assets[ra:rb],
+                            decoded.ts_ms[ra:rb],
+                            decoded.values[ra:rb],
+                            reading_offsets[ra:rb],
+                            slot,
+                        )
                 if result is None:
-                    counts = self._append_each(out, tp, records, decoded, n_replay, slot, lo, hi)
+                    with out.timed("windows"):
+                        counts = self._append_each(
+                            out, tp, records, decoded, n_replay, slot, lo, hi
+                        )
                     ok += counts[0]
                     invalid += counts[1]
                     carried += counts[2]
@@ -565,7 +587,10 @@ class Service(Lifecycle):
         for kind, count in (("carried_forward", carried), ("window_reset", resets)):
             out.count(m.data_quality.labels(kind), count)
 
-        await self._commit(out, last_offset)
+        with out.timed("commit"):
+            await self._commit(out, last_offset)
+        for stage, seconds in out.stages.items():
+            m.batch_stage.labels(stage).observe(seconds)
         # Counted once the batch is scored and committed: "consumed" means fully handled.
         for counter, amount in out.counts:
             counter.inc(amount)
@@ -575,7 +600,26 @@ class Service(Lifecycle):
             self._position[tp] = offset + 1
             if self._replay_through.get(tp, -1) <= offset:
                 self._replay_through.pop(tp, None)
+        if time.monotonic() >= self._next_expiry:
+            self._expire_idle()
         m.tracked_assets.set(len(p.store))
+
+    def _expire_idle(self) -> None:
+        """Drop assets silent for ``windows.idle_timeout_s`` (see WindowStore.expire_idle):
+        one-off and decommissioned ids would otherwise hold memory, ``max_assets`` places and
+        per-batch work for ever. An asset with an open alert keeps its detector state (and
+        its place in the commit metadata)."""
+        p = self.pipeline
+        self._next_expiry = time.monotonic() + self._expiry_period_s
+        gone = p.store.expire_idle()
+        if not gone:
+            return
+        self.metrics.data_quality.labels("asset_expired").inc(len(gone))
+        dropped = [a for a in gone if not p.detector.has_state(a)]
+        for assets in self._partition_assets.values():
+            assets.difference_update(dropped)
+        self.metrics.forget_assets(dropped)
+        logger.info("%d silent assets no longer tracked (%.0f s)", len(gone), self._expiry_period_s)
 
     def _chunk_readings(self) -> int:
         store = self.pipeline.store
@@ -671,11 +715,26 @@ class Service(Lifecycle):
             chunk = windows[start : start + MAX_SCORING_BATCH]
             t0 = time.perf_counter()
             result = await asyncio.to_thread(model.scorer.score, chunk)
-            m.scoring_latency.observe(time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            m.scoring_latency.observe(took)
+            out.stages["score"] += took
             m.scoring_batch_size.observe(len(chunk))
             scores[start : start + len(chunk)] = result.score
             errors[start : start + len(chunk)] = result.sensor_error
         out.count(m.windows_scored, len(idx))
+        with out.timed("detect"):
+            self._detect(assets, ts_ms, scores, errors, out)
+
+    def _detect(
+        self,
+        assets: list[str],
+        ts_ms: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.float32],
+        errors: npt.NDArray[np.float32],
+        out: _Outgoing,
+    ) -> None:
+        m = self.metrics
+        detector = self.pipeline.detector
         # An even sample of the batch keeps the histogram's percentiles at a bounded cost.
         now_ms = time.time() * 1000.0
         sample = ts_ms[:: max(1, len(ts_ms) // LATENCY_SAMPLES)]

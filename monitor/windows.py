@@ -8,8 +8,10 @@ memory scales with the assets actually seen. Each asset row owns a ``[2L, F]`` f
 which every reading is written twice, at ``pos`` and ``pos + L``: the latest ``L`` readings are
 then always the one contiguous slice ``buf[head : head + L]`` (``head`` = next write position),
 and ready windows are copied out of it without a gather. A parallel ``[L]`` int64 ring holds the
-Kafka offset of each position. Per asset that is ``2·L·F·4 + 8·L`` bytes plus a small Python
-record (≈ 8.7 KB at L=64, F=16).
+Kafka offset of each position. The run state of every asset (count, head, last timestamp, phase,
+partition) lives in numpy arrays indexed by slot, so batch appends, commits and expiry are
+vectorised across assets and no Python object exists per asset beyond its name. Per asset that
+is ``2·L·F·4 + 8·L`` bytes plus about 50 bytes of state (≈ 8.7 KB at L=64, F=16).
 
 **Gap policy.** The expected step between readings is ``interval_ms``. A step ``dt`` larger than
 ``(1 + gap_tolerance) × interval_ms`` is a gap of ``max(1, round(dt / interval_ms) - 1)`` missing
@@ -46,6 +48,12 @@ the median of its partition's assets' last readings no longer holds the partitio
 asset gone quiet (decommissioned, renamed, a one-off id) would otherwise pin the commit and make
 every restart re-read everything since (found by the soak run). If such an asset resumes after a
 restart without a gap in its own timestamps, its window starts over.
+
+**Expiry.** :meth:`WindowStore.expire_idle`, called periodically, drops assets that were not
+appended to since the previous call and are idle by the rule above (and by more than a gap that
+resets a window anyway): their memory and slot are freed, so one-off or decommissioned asset ids
+neither accumulate nor hold ``max_assets`` places for ever (found by the second soak run: a
+flood of one-off ids stayed tracked, and every batch paid for them).
 """
 
 from __future__ import annotations
@@ -133,36 +141,12 @@ class WindowStoreStats(NamedTuple):
     pending: int
     pending_nbytes: int
     evictions: int
+    expired: int
     rejected_asset_limit: int
     rejected_duplicate_timestamp: int
     rejected_out_of_order: int
     carried: int
     resets: int
-
-
-class _Asset:
-    """One tracked asset: views into its slab row and its run state (no per-reading objects)."""
-
-    __slots__ = ("count", "head", "last_ts", "offs", "partition", "phase", "slot", "vals")
-
-    def __init__(
-        self,
-        slot: int,
-        vals: npt.NDArray[np.float32],
-        offs: npt.NDArray[np.int64],
-        partition: int,
-        stride: int,
-    ) -> None:
-        self.slot = slot
-        self.vals = vals  # [2L, F] view into the slab
-        self.offs = offs  # [L] view into the slab
-        self.partition = partition
-        self.head = 0  # ring position the next reading goes to
-        self.count = 0  # readings in the current run, capped at L
-        self.last_ts = 0  # meaningless while count == 0
-        # Real readings since the last scoring point, saturated at stride: a fresh run may score
-        # as soon as its window is full.
-        self.phase = stride
 
 
 class WindowStore:
@@ -218,9 +202,24 @@ class WindowStore:
         self._evict = overflow == "evict_idle"
         self._tail = np.arange(1, length, dtype=np.intp)
 
-        self._assets: OrderedDict[str, _Asset] = OrderedDict()
+        # Asset name -> slot (least recently updated first when evicting); per slot, its run
+        # state in arrays that grow one slab at a time (no Python object per asset).
+        self._assets: OrderedDict[str, int] = OrderedDict()
         self._slabs: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] = []
         self._free: list[int] = []
+        self._names: list[str | None] = []
+        self._count = np.zeros(0, dtype=np.int64)  # readings in the current run, capped at L
+        self._head = np.zeros(0, dtype=np.int64)  # ring position the next reading goes to
+        self._last_ts = np.zeros(0, dtype=np.int64)  # meaningless while count == 0
+        # Real readings since the last scoring point, saturated at stride: a fresh run may
+        # score as soon as its window is full.
+        self._phase = np.zeros(0, dtype=np.int64)
+        self._part = np.zeros(0, dtype=np.int64)  # partition of the last append
+        self._used = np.zeros(0, dtype=bool)
+        # Idle expiry: the epoch of each slot's last append (see expire_idle).
+        self._seen = np.zeros(0, dtype=np.int64)
+        self._epoch = 0
+        self._expired = 0
 
         self._evictions = 0
         self._rejected_limit = 0
@@ -260,6 +259,7 @@ class WindowStore:
             pending=self._pn,
             pending_nbytes=pending_nbytes,
             evictions=self._evictions,
+            expired=self._expired,
             rejected_asset_limit=self._rejected_limit,
             rejected_duplicate_timestamp=self._rejected_dup,
             rejected_out_of_order=self._rejected_ooo,
@@ -301,18 +301,18 @@ class WindowStore:
         if n == 0:
             return _NOTHING
 
-        st = self._assets.get(asset)
-        if st is None:
-            st = self._admit(asset, partition)
-            if st is None:
+        slot = self._assets.get(asset)
+        if slot is None:
+            slot = self._admit(asset, partition)
+            if slot is None:
                 self._rejected_limit += n
                 return AppendResult(0, asset_limit=n)
         elif n == 1:
             # Fast path for the common single reading one normal step after the last one.
             t = int(ts_ms[0])
-            if st.count and 0 < t - st.last_ts <= self._max_step:
-                return self._append_one(asset, st, t, values[0], int(offsets[0]), partition)
-        return self._append_block(asset, st, ts_ms, values, offsets, partition)
+            if self._count[slot] and 0 < t - int(self._last_ts[slot]) <= self._max_step:
+                return self._append_one(asset, slot, t, values[0], int(offsets[0]), partition)
+        return self._append_block(asset, slot, ts_ms, values, offsets, partition)
 
     def append_many(
         self,
@@ -325,11 +325,11 @@ class WindowStore:
         """Add readings of many assets from ``partition`` at once: reading ``i`` is ``assets[i]``'s.
 
         Equivalent to appending the readings one at a time in order (ready windows come in that
-        order too), but vectorised across assets: per batch a fixed number of numpy calls and a
-        little Python per asset, none per reading. Readings after a gap go through the block
-        path of their asset. Returns ``None`` and changes nothing if a reading would be rejected
-        (timestamp not after its asset's previous one, or a new asset beyond ``max_assets``): the
-        caller then appends block by block to attribute the rejections.
+        order too), but vectorised across assets: per batch a fixed number of numpy calls and
+        one dictionary lookup per asset, no Python per reading. Readings after a gap go through
+        the block path of their asset. Returns ``None`` and changes nothing if a reading would
+        be rejected (timestamp not after its asset's previous one, or a new asset beyond
+        ``max_assets``): the caller then appends block by block to attribute the rejections.
         """
         n = len(assets)
         if ts_ms.shape != (n,) or offsets.shape != (n,) or values.shape != (n, self.n_features):
@@ -346,7 +346,9 @@ class WindowStore:
             return _NOTHING
         L, stride = self.length, self.stride
         index: dict[str, int] = {}
-        codes = np.array([index.setdefault(a, len(index)) for a in assets], dtype=np.intp)
+        codes = np.fromiter(
+            (index.setdefault(a, len(index)) for a in assets), dtype=np.intp, count=n
+        )
         names = list(index)
         n_groups = len(names)
         order = np.argsort(codes, kind="stable")  # grouped by asset, each in input order
@@ -356,19 +358,21 @@ class WindowStore:
         gcode = codes[order]
         ts_s = ts_ms[order]
 
-        states = list(map(self._assets.get, names))
-        new = [g for g, st in enumerate(states) if st is None]
+        get = self._assets.get
+        slots = np.fromiter((get(a, -1) for a in names), dtype=np.intp, count=n_groups)
+        known = slots >= 0
+        new = np.flatnonzero(~known).tolist()
         if new and len(self._assets) + len(new) > self.max_assets:
             return None  # some asset would be refused or evict another
-        fresh_state = (0, 0, 0, stride)
-        state = np.array(
-            [
-                fresh_state if st is None else (st.count, st.last_ts, st.head, st.phase)
-                for st in states
-            ],
-            dtype=np.int64,
-        ).reshape(n_groups, 4)
-        count, last_ts, head, phase = state.T
+        count = np.zeros(n_groups, dtype=np.int64)
+        last_ts = np.zeros(n_groups, dtype=np.int64)
+        head = np.zeros(n_groups, dtype=np.int64)
+        phase = np.full(n_groups, stride, dtype=np.int64)
+        ks = slots[known]
+        count[known] = self._count[ks]
+        last_ts[known] = self._last_ts[ks]
+        head[known] = self._head[ks]
+        phase[known] = self._phase[ks]
         # Each reading's step from its predecessor (the asset's last reading for the first).
         prev = np.empty(n, dtype=np.int64)
         prev[1:] = ts_s[:-1]
@@ -382,7 +386,9 @@ class WindowStore:
         gap_group[gcode[(dt > self._max_step) & ~open_start]] = True
 
         for g in new:
-            states[g] = self._admit(names[g], partition)
+            slot = self._admit(names[g], partition)
+            assert slot is not None
+            slots[g] = slot
 
         # -- groups without a gap, vectorised -------------------------------------------------
         # S holds per asset its ring's latest L-1 rows, then its new readings: the window that
@@ -399,7 +405,6 @@ class WindowStore:
         seq_offs = np.empty(rows, dtype=np.int64)
         seq[pos_s] = values[order]
         seq_offs[pos_s] = offsets[order]
-        slots = np.fromiter((st.slot for st in states), dtype=np.intp, count=n_groups)  # type: ignore[union-attr]
         tail = np.arange(1, L)
         size = self.slab_size
         slab_of = slots // size
@@ -447,29 +452,24 @@ class WindowStore:
             (sizes - 1 - first) % stride,
             np.minimum(phase + sizes, stride),
         )
-        for st, h, c, ph, t in zip(
-            [states[g] for g in vec.tolist()],
-            ((head[vec] + sizes[vec]) % L).tolist(),
-            np.minimum(count[vec] + sizes[vec], L).tolist(),
-            new_phase[vec].tolist(),
-            ts_s[ends[vec]].tolist(),
-            strict=True,
-        ):
-            assert st is not None
-            st.head, st.count, st.phase, st.last_ts, st.partition = h, c, ph, t, partition
+        vs = slots[vec]
+        self._head[vs] = (head[vec] + sizes[vec]) % L
+        self._count[vs] = np.minimum(count[vec] + sizes[vec], L)
+        self._phase[vs] = new_phase[vec]
+        self._last_ts[vs] = ts_s[ends[vec]]
+        self._part[vs] = partition
+        self._seen[vs] = self._epoch
 
         # -- groups with a gap: the block path, then windows back into input order ------------
         carried = resets = gap_ready = 0
         if gap_group.any():
             gap_keys = []
             for g in np.flatnonzero(gap_group).tolist():
-                st = states[g]
-                assert st is not None
                 a, b = int(starts[g]), int(starts[g] + sizes[g])
                 rows_in = order[a:b]
                 before = self._pn
                 got = self._append_block(
-                    names[g], st, ts_s[a:b], values[rows_in], offsets[rows_in], partition
+                    names[g], int(slots[g]), ts_s[a:b], values[rows_in], offsets[rows_in], partition
                 )
                 carried += got.carried
                 resets += got.resets
@@ -489,64 +489,73 @@ class WindowStore:
                 self._assets.move_to_end(names[g])
         return AppendResult(n, carried=carried, resets=resets, ready=n_ready + gap_ready)
 
+    def _rows(self, slot: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """An asset's ``[2L, F]`` value rows and ``[L]`` offset ring (views into its slab)."""
+        vals, offs = self._slabs[slot // self.slab_size]
+        r = slot % self.slab_size
+        return vals[r], offs[r]
+
     def _append_one(
         self,
         asset: str,
-        st: _Asset,
+        slot: int,
         t: int,
         value: npt.NDArray[np.float32],
         offset: int,
         partition: int,
     ) -> AppendResult:
         L = self.length
-        h = st.head
-        vals = st.vals
+        vals, offs = self._rows(slot)
+        h = int(self._head[slot])
         vals[h] = value
         vals[h + L] = value
-        st.offs[h] = offset
+        offs[h] = offset
         h += 1
         if h == L:
             h = 0
-        st.head = h
-        st.last_ts = t
-        st.partition = partition
+        self._head[slot] = h
+        self._last_ts[slot] = t
+        self._part[slot] = partition
+        self._seen[slot] = self._epoch
         if self._evict:
             self._assets.move_to_end(asset)
-        count = st.count
+        count = int(self._count[slot])
         if count < L:
             count += 1
-            st.count = count
-        phase = st.phase + 1
+            self._count[slot] = count
+        phase = int(self._phase[slot]) + 1
         if count < L or phase < self.stride:
-            st.phase = min(phase, self.stride)
+            self._phase[slot] = min(phase, self.stride)
             return _ONE
-        st.phase = 0
+        self._phase[slot] = 0
         i = self._reserve(1)
         self._pw[i] = vals[h : h + L]
         self._pts[i] = t
         self._ppart[i] = partition
         self._poff[i] = offset
-        self._pfirst[i] = st.offs[h]  # after the advance, head is the window's oldest reading
+        self._pfirst[i] = offs[h]  # after the advance, head is the window's oldest reading
         self._pnames.append(asset)
         return _ONE_READY
 
     def _append_block(
         self,
         asset: str,
-        st: _Asset,
+        slot: int,
         ts: npt.NDArray[np.int64],
         values: npt.NDArray[np.float32],
         offsets: npt.NDArray[np.int64],
         partition: int,
     ) -> AppendResult:
-        st.partition = partition
-        fresh = st.count == 0
+        self._part[slot] = partition
+        self._seen[slot] = self._epoch
+        fresh = self._count[slot] == 0
         dup = ooo = 0
         if not fresh:
             # The block is strictly increasing, so the rejected readings are a prefix.
-            k = int(np.searchsorted(ts, st.last_ts, side="right"))
+            last_ts = int(self._last_ts[slot])
+            k = int(np.searchsorted(ts, last_ts, side="right"))
             if k:
-                dup = int(ts[k - 1] == st.last_ts)
+                dup = int(ts[k - 1] == last_ts)
                 ooo = k - dup
                 self._rejected_dup += dup
                 self._rejected_ooo += ooo
@@ -556,7 +565,7 @@ class WindowStore:
         m = ts.shape[0]
 
         # A fresh asset's first reading starts its run: no gap before it.
-        dt = np.diff(ts, prepend=ts[:1] if fresh else np.int64(st.last_ts))
+        dt = np.diff(ts, prepend=ts[:1] if fresh else self._last_ts[slot])
         gap = dt > self._max_step
         synth: npt.NDArray[np.int64] | None = None
         resets: list[int] = []
@@ -577,11 +586,11 @@ class WindowStore:
         ready = 0
         for a, b in itertools.pairwise(bounds):
             if a or restart_first:
-                st.count = 0
-                st.phase = self.stride
+                self._count[slot] = 0
+                self._phase[slot] = self.stride
             seg_synth = None if synth is None else synth[a:b]
             ready += self._extend(
-                asset, st, ts[a:b], values[a:b], offsets[a:b], seg_synth, partition
+                asset, slot, ts[a:b], values[a:b], offsets[a:b], seg_synth, partition
             )
         if self._evict:
             self._assets.move_to_end(asset)
@@ -597,7 +606,7 @@ class WindowStore:
     def _extend(
         self,
         asset: str,
-        st: _Asset,
+        slot: int,
         ts: npt.NDArray[np.int64],
         values: npt.NDArray[np.float32],
         offsets: npt.NDArray[np.int64],
@@ -608,7 +617,10 @@ class WindowStore:
         L = self.length
         stride = self.stride
         m = ts.shape[0]
-        h = st.head
+        vals, offs = self._rows(slot)
+        h = int(self._head[slot])
+        count = int(self._count[slot])
+        phase = int(self._phase[slot])
         real_pos: npt.NDArray[np.int64] | None = None  # entry index of each real reading
         if synth is not None and bool(synth.any()):
             # Expand: reading j is preceded by synth[j] copies of its predecessor (row 0 of the
@@ -621,26 +633,26 @@ class WindowStore:
             pairs[1::2] = np.arange(1, m + 1)
             src = np.repeat(pairs, counts)
             prev = h - 1 if h else L - 1
-            values = np.concatenate((st.vals[h + L - 1 : h + L], values))[src]
-            offsets = np.concatenate((st.offs[prev : prev + 1], offsets))[src]
+            values = np.concatenate((vals[h + L - 1 : h + L], values))[src]
+            offsets = np.concatenate((offs[prev : prev + 1], offsets))[src]
             real_pos = np.cumsum(synth + 1) - 1
         n_entries = values.shape[0]
 
         # Real reading j completes a window once count + entry + 1 >= L; scoring points are the
         # first such reading allowed by the phase, then every stride-th one.
-        need = L - 1 - st.count
+        need = L - 1 - count
         k0 = max(need, 0) if real_pos is None else int(np.searchsorted(real_pos, need))
-        first = max(k0, stride - st.phase - 1)
+        first = max(k0, stride - phase - 1)
         ready = 0
         if first < m:
             js = np.arange(first, m, stride)
             ready = js.shape[0]
-            st.phase = m - 1 - int(js[-1])
+            self._phase[slot] = m - 1 - int(js[-1])
             ends = js if real_pos is None else real_pos[js]
             # seq[e : e + L] is the window ending at entry e; for a fresh run the ring part is
             # stale but never read, since windows there need e >= L - 1.
-            seq = np.concatenate((st.vals[h + 1 : h + L], values))
-            seq_offs = np.concatenate((st.offs[(h + self._tail) % L], offsets))
+            seq = np.concatenate((vals[h + 1 : h + L], values))
+            seq_offs = np.concatenate((offs[(h + self._tail) % L], offsets))
             view = np.lib.stride_tricks.sliding_window_view(seq, L, axis=0).transpose(0, 2, 1)
             i = self._reserve(ready)
             np.take(view, ends, axis=0, out=self._pw[i : i + ready], mode="clip")
@@ -650,28 +662,28 @@ class WindowStore:
             self._pfirst[i : i + ready] = seq_offs[ends]
             self._pnames.extend([asset] * ready)
         else:
-            st.phase = min(st.phase + m, stride)
+            self._phase[slot] = min(phase + m, stride)
 
         # Only the last L entries survive in the ring.
         w = min(n_entries, L)
         pos = (h + np.arange(n_entries - w, n_entries)) % L
         tail = values[n_entries - w :]
-        st.vals[pos] = tail
-        st.vals[pos + L] = tail
-        st.offs[pos] = offsets[n_entries - w :]
-        st.head = (h + n_entries) % L
-        st.count = min(st.count + n_entries, L)
-        st.last_ts = int(ts[-1])
+        vals[pos] = tail
+        vals[pos + L] = tail
+        offs[pos] = offsets[n_entries - w :]
+        self._head[slot] = (h + n_entries) % L
+        self._count[slot] = min(count + n_entries, L)
+        self._last_ts[slot] = int(ts[-1])
         return ready
 
     # -- asset slots -------------------------------------------------------------------------
 
-    def _admit(self, asset: str, partition: int) -> _Asset | None:
+    def _admit(self, asset: str, partition: int) -> int | None:
         if len(self._assets) >= self.max_assets:
             if not self._evict:
                 return None
             _, idle = self._assets.popitem(last=False)
-            self._free.append(idle.slot)
+            self._release(idle)
             self._evictions += 1
         if not self._free:
             size = self.slab_size
@@ -679,14 +691,30 @@ class WindowStore:
             offs = np.zeros((size, self.length), dtype=np.int64)
             base = len(self._slabs) * size
             self._slabs.append((vals, offs))
+            for name in ("_count", "_head", "_last_ts", "_phase", "_part", "_used", "_seen"):
+                old = getattr(self, name)
+                grown = np.zeros(base + size, dtype=old.dtype)
+                grown[:base] = old
+                setattr(self, name, grown)
+            self._names.extend([None] * size)
             # Reversed so that pop() hands out the lowest slot first.
             self._free.extend(range(base + size - 1, base - 1, -1))
         slot = self._free.pop()
-        vals, offs = self._slabs[slot // self.slab_size]
-        row = slot % self.slab_size
-        st = _Asset(slot, vals[row], offs[row], partition, self.stride)
-        self._assets[asset] = st
-        return st
+        self._count[slot] = 0
+        self._head[slot] = 0
+        self._last_ts[slot] = 0
+        self._phase[slot] = self.stride
+        self._part[slot] = partition
+        self._used[slot] = True
+        self._seen[slot] = self._epoch
+        self._names[slot] = asset
+        self._assets[asset] = slot
+        return slot
+
+    def _release(self, slot: int) -> None:
+        self._used[slot] = False
+        self._names[slot] = None
+        self._free.append(slot)
 
     # -- pending windows ---------------------------------------------------------------------
 
@@ -731,27 +759,44 @@ class WindowStore:
 
     # -- commits, rebalances, resets ---------------------------------------------------------
 
+    def _needed(self, slots: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
+        """Per slot, the offset of the oldest of its last ``L - 1`` readings."""
+        L = self.length
+        pos = (self._head[slots] - np.minimum(self._count[slots], L - 1)) % L
+        out = np.empty(slots.shape[0], dtype=np.int64)
+        size = self.slab_size
+        slab_of = slots // size
+        for s in np.unique(slab_of).tolist():
+            mine = slab_of == s
+            out[mine] = self._slabs[s][1][slots[mine] % size, pos[mine]]
+        return out
+
+    def _idle(self, slots: npt.NDArray[np.intp], idle_ms: int) -> npt.NDArray[np.bool_]:
+        """Which of ``slots`` (assets with readings) have their last reading more than
+        ``idle_ms`` before their partition's clock: the median last reading of the partition's
+        assets appended to since the previous :meth:`expire_idle` (of all its assets if none
+        was). The median, not the newest, so that one asset with a clock far ahead moves
+        nothing; of recent assets only, so that many silent ones do not hold the clock back."""
+        parts = self._part[slots]
+        last = self._last_ts[slots]
+        recent = self._seen[slots] >= self._epoch - 1
+        idle = np.zeros(slots.shape[0], dtype=bool)
+        for p in np.unique(parts).tolist():
+            mine = parts == p
+            live = mine & recent
+            clock = float(np.median(last[live if live.any() else mine]))
+            idle[mine] = last[mine] < clock - idle_ms
+        return idle
+
     def min_needed_offsets(self) -> dict[int, int]:
         """:meth:`min_needed_offset` of every partition that has assets, in one pass."""
-        L = self.length
-        keep = L - 1
-        states = [st for st in self._assets.values() if st.count]
-        if not states:
+        slots = np.flatnonzero(self._used & (self._count > 0))
+        if slots.size == 0:
             return {}
-        n = len(states)
-        parts = np.fromiter((st.partition for st in states), np.int64, n)
-        needed = np.fromiter(
-            (st.offs[(st.head - min(st.count, keep)) % L] for st in states), np.int64, n
-        )
         if self.idle_timeout_ms is not None:
-            last = np.fromiter((st.last_ts for st in states), np.int64, n)
-            live = np.ones(n, dtype=bool)
-            for p in np.unique(parts).tolist():
-                mine = parts == p
-                # The median, not the newest: one asset with a clock far ahead moves nothing.
-                clock = float(np.median(last[mine]))
-                live[mine] = last[mine] >= clock - self.idle_timeout_ms
-            parts, needed = parts[live], needed[live]
+            slots = slots[~self._idle(slots, self.idle_timeout_ms)]
+        parts = self._part[slots]
+        needed = self._needed(slots)
         order = np.lexsort((needed, parts))
         parts, needed = parts[order], needed[order]
         first = np.flatnonzero(np.r_[True, parts[1:] != parts[:-1]])
@@ -764,14 +809,41 @@ class WindowStore:
         """
         return self.min_needed_offsets().get(partition)
 
+    def expire_idle(self) -> list[str]:
+        """Drop assets that have gone quiet; return their names. Call it periodically.
+
+        An asset is dropped when it was not appended to since the previous call *and* its
+        last reading is older (event time) than the median of its partition's assets by more
+        than ``idle_timeout_ms`` and by more than a gap that resets a window anyway
+        (``max_gap_steps + 2`` intervals): should it come back, its window starts over just as
+        it would have after that gap. Both conditions are needed: a stalled consumer (broker
+        down) appends to nobody, and an asset whose clock runs behind the others is appended
+        to all the time. Frees the asset's slot (``max_assets`` counts live assets) and its
+        place in :meth:`min_needed_offsets`. Does nothing without ``idle_timeout_ms``.
+        """
+        self._epoch += 1
+        if self.idle_timeout_ms is None:
+            return []
+        idle_ms = max(self.idle_timeout_ms, (self.max_gap_steps + 2) * self.interval_ms)
+        live = np.flatnonzero(self._used)
+        quiet = live[self._idle(live, idle_ms) & (self._seen[live] < self._epoch - 1)]
+        gone = [name for s in quiet.tolist() if (name := self._names[s]) is not None]
+        for name in gone:
+            self._release(self._assets.pop(name))
+        self._expired += len(gone)
+        return gone
+
     def forget_partition(self, partition: int) -> int:
         """Drop the assets whose last append came from ``partition`` and its pending windows.
 
         Call :meth:`collect` first to keep the pending windows. Returns the assets dropped.
         """
-        gone = [name for name, st in self._assets.items() if st.partition == partition]
-        for name in gone:
-            self._free.append(self._assets.pop(name).slot)
+        slots = np.flatnonzero(self._used & (self._part == partition)).tolist()
+        for slot in slots:
+            name = self._names[slot]
+            assert name is not None
+            del self._assets[name]
+            self._release(slot)
         n = self._pn
         if n:
             keep = np.flatnonzero(self._ppart[:n] != partition)
@@ -781,13 +853,16 @@ class WindowStore:
                     arr[:k] = arr[keep]
                 self._pnames = [self._pnames[j] for j in keep.tolist()]
                 self._pn = k
-        return len(gone)
+        return len(slots)
 
     def reset(self) -> None:
         """Drop every asset, slab and pending window (cumulative counters are kept)."""
         self._assets.clear()
         self._slabs.clear()
         self._free.clear()
+        self._names.clear()
+        for name in ("_count", "_head", "_last_ts", "_phase", "_part", "_used", "_seen"):
+            setattr(self, name, np.zeros(0, dtype=getattr(self, name).dtype))
         self._pn = 0
         self._pnames = []
         self._alloc_pending(_MIN_PENDING)

@@ -177,6 +177,22 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 ),
                 unit="s",
             ),
+            Panel(
+                "Time per batch by stage (mean)",
+                "bars",
+                (
+                    Target(
+                        f"sum by (stage) (rate(plantwatch_batch_stage_seconds_sum{{{SEL}}}[{RI}]))"
+                        f" / sum by (stage) "
+                        f"(rate(plantwatch_batch_stage_seconds_count{{{SEL}}}[{RI}]))",
+                        "{{stage}}",
+                    ),
+                ),
+                w=24,
+                unit="s",
+                description="Where a batch's time goes: decode, windows, score, detect, commit "
+                "(the Kafka transaction). Stacked, the total is the batch cycle.",
+            ),
         ),
     ),
     (

@@ -36,6 +36,13 @@ async def _monitor(
             or 0.0,
             "scored": service.registry.get_sample_value("plantwatch_windows_scored_total") or 0.0,
         }
+        for stage in ("decode", "windows", "score", "detect", "commit"):
+            figures[f"batches_{stage}"] = (
+                service.registry.get_sample_value(
+                    "plantwatch_batch_stage_seconds_count", {"stage": stage}
+                )
+                or 0.0
+            )
     return await read_alerts(kafka_bootstrap, alerts), figures
 
 
@@ -55,6 +62,11 @@ async def test_faults_raise_alerts_on_the_right_assets(
     assert figures["ok"] == figures["produced"]
     # Every reading after each asset's first full window was scored.
     assert figures["scored"] == figures["produced"] - 31 * len(sim.assets)
+    # Every committed batch decoded and appended; scoring and detection ran in some of them.
+    batches = figures["batches_commit"]
+    assert batches > 0
+    assert figures["batches_decode"] == figures["batches_windows"] == batches
+    assert 0 < figures["batches_score"] == figures["batches_detect"] <= batches
 
     opened = [e for e in events if e.event is EventType.OPENED]
     report = [f"{len(opened)} alerts opened, {len(events)} events"]

@@ -608,3 +608,95 @@ def test_idle_timeout_is_per_partition() -> None:
 def test_idle_timeout_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="idle_timeout_ms must be >= 0"):
         WindowStore(length=4, n_features=1, interval_ms=I, idle_timeout_ms=-1)
+
+
+# -- expiry of silent assets --------------------------------------------------------------------
+
+
+def _live(store: WindowStore, assets: str, steps: range) -> None:
+    for step in steps:
+        for asset in assets:
+            put(store, asset, [step * I], offsets=[1000 * step + ord(asset[-1])])
+
+
+def test_expire_idle_drops_one_off_assets_and_frees_their_places() -> None:
+    # The second soak found it: a flood of one-off ids stayed tracked (memory, max_assets places
+    # and per-batch work) until the next rebalance.
+    store = WindowStore(length=4, n_features=1, interval_ms=I, max_assets=4, idle_timeout_ms=30 * I)
+    _live(store, "ab", range(0, 10))
+    put(store, "one-off-1", [5 * I], offsets=[7])
+    put(store, "one-off-2", [6 * I], offsets=[8])
+    assert put(store, "newcomer", [10 * I]).asset_limit == 1  # the cap is full
+    assert store.expire_idle() == []  # a first call only starts the clock
+    _live(store, "ab", range(10, 30))
+    assert store.expire_idle() == []  # silent for a period, but not 30 s behind yet
+    _live(store, "ab", range(30, 50))
+    assert store.expire_idle() == ["one-off-1", "one-off-2"]
+    assert len(store) == 2
+    assert "one-off-1" not in store
+    assert store.stats().expired == 2
+    assert put(store, "newcomer", [50 * I]).accepted == 1  # the freed place is used again
+    assert store.min_needed_offsets() == {0: 1000 * 47 + ord("a")}
+
+
+def test_expire_idle_keeps_assets_appended_to_since_the_last_call() -> None:
+    store = WindowStore(length=4, n_features=1, interval_ms=I, idle_timeout_ms=30 * I)
+    _live(store, "ab", range(0, 100))
+    _live(store, "s", range(0, 10))
+    store.expire_idle()
+    # "s" runs on a clock 90 s behind the others but reports all the time: not silent.
+    for step in range(10, 20):
+        _live(store, "ab", range(90 + step, 91 + step))
+        _live(store, "s", range(step, step + 1))
+        assert store.expire_idle() == []
+    assert "s" in store
+
+
+def test_expire_idle_keeps_everything_when_nothing_arrives() -> None:
+    # A stalled consumer (broker down) appends to nobody: no one is behind the others.
+    store = WindowStore(length=4, n_features=1, interval_ms=I, idle_timeout_ms=0)
+    _live(store, "abc", range(0, 10))
+    for _ in range(3):
+        assert store.expire_idle() == []
+    assert len(store) == 3
+
+
+def test_expire_idle_waits_for_a_gap_that_resets_the_window_anyway() -> None:
+    # idle_timeout 1 interval, but a gap of up to max_gap_steps readings is carried forward:
+    # only assets silent longer than that are dropped, so a returning one loses nothing.
+    store = WindowStore(
+        length=4, n_features=1, interval_ms=I, max_gap_steps=3, idle_timeout_ms=1 * I
+    )
+    _live(store, "ab", range(0, 10))
+    store.expire_idle()
+    _live(store, "a", range(10, 14))  # b silent for 4 intervals: still carried forward
+    assert store.expire_idle() == []
+    _live(store, "a", range(14, 16))  # 6 behind: a gap of 5 missing readings resets anyway
+    assert store.expire_idle() == ["b"]
+
+
+@pytest.mark.parametrize("expire", [False, True])
+def test_an_expired_asset_that_returns_gets_the_same_windows(expire: bool) -> None:
+    store = WindowStore(length=4, n_features=1, interval_ms=I, idle_timeout_ms=20 * I)
+    _live(store, "ab", range(0, 10))
+    store.collect()
+    if expire:
+        store.expire_idle()
+    _live(store, "a", range(10, 40))
+    if expire:
+        assert store.expire_idle() == ["b"]
+    _live(store, "ab", range(40, 50))
+    batch = store.collect()
+    # As a long gap would: b's window starts over and scores again from its 4th reading.
+    scored_b = [t // I for a, t in zip(batch.assets, batch.ts_ms.tolist(), strict=True) if a == "b"]
+    assert scored_b == list(range(43, 50))
+    assert store.stats().resets == (0 if expire else 1)
+
+
+def test_no_expiry_without_an_idle_timeout() -> None:
+    store = WindowStore(length=4, n_features=1, interval_ms=I)
+    _live(store, "ab", range(0, 10))
+    store.expire_idle()
+    _live(store, "a", range(10, 10_000, 100))
+    assert store.expire_idle() == []
+    assert len(store) == 2

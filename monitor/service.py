@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -293,6 +294,10 @@ class Service(Lifecycle):
                 asyncio.create_task(self.models.watch(s.model.reload_poll_s, poll=poll))
             )
         self._tasks.append(asyncio.create_task(self._probe_broker()))
+        # Everything alive now (modules, the model, clients) lives as long as the process: keep
+        # it out of the garbage collector's full passes, which would otherwise traverse it all
+        # and stall the data path (a 300 ms pause measured in the latency benchmark).
+        gc.freeze()
         logger.info(
             "consuming %s as group %s from %s",
             ", ".join(s.input.topics),

@@ -10,13 +10,10 @@ Per ``getmany`` batch::
                             dead-letter topic  ◄─────────────────────────┘
                             consumer offsets (+ commit metadata, see monitor.offsets)
 
-A batch is processed while the previous batch's transaction is still in flight, so scoring
-does not wait for the broker's round trips; its own transaction starts once that one has
-committed (one transaction at a time), and if that one fails both are rewound (their effects
-are only in memory until committed). Because alert events, dead letters and offsets commit
-atomically, a crash at any point either keeps all of a batch's effects or none: the batch is
-then consumed again and, being deterministic, yields the same events with the same ids.
-Consumers of the alerts topic read with ``isolation_level="read_committed"``.
+Because alert events, dead letters and offsets commit atomically, a crash at any point either
+keeps all of a batch's effects or none: the batch is then consumed again and, being
+deterministic, yields the same events with the same ids. Consumers of the alerts topic read
+with ``isolation_level="read_committed"``.
 """
 
 from __future__ import annotations
@@ -106,17 +103,6 @@ class _Outgoing:
             self.stages[stage] += time.perf_counter() - t0
 
 
-@dataclass
-class _Batch:
-    """A processed batch: what it produces and the offsets it commits (computed when it was
-    processed, so that the next batch can be processed while this one commits)."""
-
-    out: _Outgoing
-    last_offset: dict[TopicPartition, int]
-    commits: dict[TopicPartition, tuple[int, str]]
-    messages: Counter[str]
-
-
 @dataclass(frozen=True)
 class _Pipeline:
     """The pure core of the data path, shaped by the model loaded at start."""
@@ -137,7 +123,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     # windows of every asset there went unscored; found by tests/integration/test_scaleout.py).
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.service._batch_lock:
-            await self.service._settle_before_rebalance()
             self.service._revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -180,10 +165,6 @@ class Service(Lifecycle):
         self._pipeline: _Pipeline | None = None
         #: Held while a batch is processed and committed, and by rebalance callbacks.
         self._batch_lock = asyncio.Lock()
-        #: The previous batch's transaction, running while the next batch is processed.
-        self._inflight: asyncio.Task[_Batch] | None = None
-        #: A commit failure seen by a rebalance callback, for the consume loop to handle.
-        self._commit_error: KafkaUnavailableError | None = None
         #: Per assigned partition: the last commit known to have succeeded, (offset, metadata).
         self._last_commit: dict[TopicPartition, tuple[int, str]] = {}
         #: Per partition: commit without alert state until then (it did not fit); last warning.
@@ -202,9 +183,9 @@ class Service(Lifecycle):
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def _build_pipeline(self, model: LoadedModel) -> None:
-        """The pure data path (decoder, window store, detector) shaped by ``model``."""
+    async def start(self) -> None:
         s = self.settings
+        model = await self.models.load()
         manifest = model.bundle.manifest
         decoder = Decoder(
             DecoderConfig(
@@ -248,11 +229,6 @@ class Service(Lifecycle):
         )
         self._pipeline = _Pipeline(decoder, store, detector)
         self._model_in_use = model
-
-    async def start(self) -> None:
-        s = self.settings
-        model = await self.models.load()
-        self._build_pipeline(model)
 
         self._ops = OpsServer(
             self.registry,
@@ -316,30 +292,17 @@ class Service(Lifecycle):
             batch = await self._consumer.getmany(
                 timeout_ms=s.fetch_timeout_ms, max_records=s.fetch_max_records
             )
-            async with self._batch_lock:
-                # Records fetched before a rebalance may belong to partitions revoked since.
-                owned = self._consumer.assignment()
-                batch = {tp: records for tp, records in batch.items() if tp in owned}
-                try:
-                    if self._commit_error is not None:
-                        error, self._commit_error = self._commit_error, None
-                        raise error
-                    # Process this batch while the previous one commits; then start this one's
-                    # transaction once the previous one has committed. A failed commit rewinds
-                    # both: their effects are in memory only until committed.
-                    done = await self._process(batch) if batch else None
-                    await self._settle()
-                    if done is not None:
-                        self._inflight = asyncio.create_task(self._commit(done))
-                        await asyncio.sleep(0)  # let it send before the next fetch
-                except _NotCommittedError as exc:
-                    await self._rewind(exc)
+            if batch:
+                async with self._batch_lock:
+                    # Records fetched before a rebalance may belong to partitions revoked since.
+                    owned = self._consumer.assignment()
+                    batch = {tp: records for tp, records in batch.items() if tp in owned}
+                    try:
+                        if batch:
+                            await self._process(batch)
+                    except _NotCommittedError as exc:
+                        await self._rewind(exc)
             self._update_lag()
-        async with self._batch_lock:
-            try:
-                await self._settle()
-            except _NotCommittedError as exc:
-                logger.warning("last batch not committed (%s); it will be consumed again", exc)
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
@@ -494,7 +457,7 @@ class Service(Lifecycle):
     # --- rebalancing -------------------------------------------------------------------------
 
     def _revoke(self, revoked: list[TopicPartition]) -> None:
-        # The transaction in flight has settled (the callback waits for it; a rewind has none).
+        # Every batch commits before the next getmany, so nothing is left to commit here.
         p = self.pipeline
         for tp in revoked:
             assets = self._partition_assets.pop(tp, set())
@@ -563,8 +526,7 @@ class Service(Lifecycle):
 
     async def _process(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> _Batch:
-        """Decode, window, score and detect one batch; its effects leave with :meth:`_commit`."""
+    ) -> None:
         p = self.pipeline
         out = _Outgoing()
         m = self.metrics
@@ -630,42 +592,22 @@ class Service(Lifecycle):
         for kind, count in (("carried_forward", carried), ("window_reset", resets)):
             out.count(m.data_quality.labels(kind), count)
 
-        messages: Counter[str] = Counter()
-        for tp, records in batch.items():
-            messages[tp.topic] += len(records)
-        return _Batch(out, last_offset, self._commit_offsets(last_offset), messages)
-
-    async def _settle(self) -> None:
-        """Wait for the transaction in flight, then count its batch as consumed.
-
-        Raises :class:`_NotCommittedError` if it failed (the caller rewinds)."""
-        task, self._inflight = self._inflight, None
-        if task is None:
-            return
-        done = await task
-        m = self.metrics
-        for stage, seconds in done.out.stages.items():
+        with out.timed("commit"):
+            await self._commit(out, last_offset)
+        for stage, seconds in out.stages.items():
             m.batch_stage.labels(stage).observe(seconds)
         # Counted once the batch is scored and committed: "consumed" means fully handled.
-        for counter, amount in done.out.counts:
+        for counter, amount in out.counts:
             counter.inc(amount)
-        for topic, n in done.messages.items():
-            m.messages.labels(topic).inc(n)
-        for tp, offset in done.last_offset.items():
+        for tp, records in batch.items():
+            m.messages.labels(tp.topic).inc(len(records))
+        for tp, offset in last_offset.items():
             self._position[tp] = offset + 1
             if self._replay_through.get(tp, -1) <= offset:
                 self._replay_through.pop(tp, None)
         if time.monotonic() >= self._next_expiry:
             self._expire_idle()
-        m.tracked_assets.set(len(self.pipeline.store))
-
-    async def _settle_before_rebalance(self) -> None:
-        """A revocation first lets the transaction in flight finish (it commits the revoked
-        partitions' offsets and state); a failure is left for the consume loop to rewind."""
-        try:
-            await self._settle()
-        except KafkaUnavailableError as exc:
-            self._commit_error = exc
+        m.tracked_assets.set(len(p.store))
 
     def _expire_idle(self) -> None:
         """Drop assets silent for ``windows.idle_timeout_s`` (see WindowStore.expire_idle):
@@ -839,25 +781,16 @@ class Service(Lifecycle):
         ]
         out.dead_letters.append((record.key, record.value or b"", headers))
 
-    def _commit_offsets(
-        self, last_offset: Mapping[TopicPartition, int]
-    ) -> dict[TopicPartition, tuple[int, str]]:
-        """Per partition, the offset to commit (the oldest reading a restart must re-read) and
-        the commit metadata (scored through, alert state), as of now."""
-        needed = self.pipeline.store.min_needed_offsets()
+    async def _commit(self, out: _Outgoing, last_offset: Mapping[TopicPartition, int]) -> None:
+        assert self._producer is not None
+        p = self.pipeline
+        s = self.settings
+        needed = p.store.min_needed_offsets()
         commits: dict[TopicPartition, tuple[int, str]] = {}
         for tp, last in last_offset.items():
             start = min(needed.get(self._slot(tp), last + 1), last + 1)
             through = max(last, self._replay_through.get(tp, -1))
             commits[tp] = (start, self._commit_metadata(tp, through))
-        return commits
-
-    async def _commit(self, done: _Batch) -> _Batch:
-        """One transaction: the batch's alert events, scores and dead letters, and its offsets."""
-        t0 = time.perf_counter()
-        assert self._producer is not None
-        s = self.settings
-        out, commits = done.out, done.commits
         sent: list[asyncio.Future[object]] = []
 
         def track(future: asyncio.Future[object]) -> None:
@@ -890,8 +823,6 @@ class Service(Lifecycle):
                 # aborts (found by tests/integration/test_faults.py).
                 await asyncio.gather(*sent)
             self._last_commit.update(commits)
-            out.stages["commit"] += time.perf_counter() - t0
-            return done
         except ProducerFenced as exc:
             raise KafkaUnavailableError(
                 f"another instance with instance_id {s.instance_id!r} took over: {exc}"

@@ -74,6 +74,8 @@ RejectReason = Literal["duplicate_timestamp", "out_of_order", "asset_limit"]
 _F32: Final = np.dtype(np.float32)
 _I64: Final = np.dtype(np.int64)
 _MIN_PENDING: Final = 256
+#: The per-slot state arrays of WindowStore (grown a slab at a time, cleared by reset).
+_STATE_ARRAYS: Final = ("_count", "_head", "_last_ts", "_phase", "_part", "_used", "_seen")
 
 
 class AppendResult(NamedTuple):
@@ -691,7 +693,7 @@ class WindowStore:
             offs = np.zeros((size, self.length), dtype=np.int64)
             base = len(self._slabs) * size
             self._slabs.append((vals, offs))
-            for name in ("_count", "_head", "_last_ts", "_phase", "_part", "_used", "_seen"):
+            for name in _STATE_ARRAYS:
                 old = getattr(self, name)
                 grown = np.zeros(base + size, dtype=old.dtype)
                 grown[:base] = old
@@ -861,7 +863,7 @@ class WindowStore:
         self._slabs.clear()
         self._free.clear()
         self._names.clear()
-        for name in ("_count", "_head", "_last_ts", "_phase", "_part", "_used", "_seen"):
+        for name in _STATE_ARRAYS:
             setattr(self, name, np.zeros(0, dtype=getattr(self, name).dtype))
         self._pn = 0
         self._pnames = []

@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from monitor.config import Settings
-from monitor.events import AlertEvent
+from monitor.events import AlertEvent, EventType
 from monitor.kafka import read_topic
 from monitor.service import Service
 
@@ -107,3 +107,16 @@ def start_serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             env=env,
         )
+
+
+def assert_alert_sequences(events: list[AlertEvent]) -> None:
+    """Alert events are well formed: ids unique; each alert opens once (seq 0), counts up, and
+    resolves at most once, last."""
+    assert len({e.event_id for e in events}) == len(events)
+    by_id: dict[str, list[AlertEvent]] = {}
+    for e in events:
+        by_id.setdefault(e.alert_id, []).append(e)
+    for seq in by_id.values():
+        assert seq[0].event is EventType.OPENED
+        assert [e.seq for e in seq] == list(range(len(seq)))
+        assert all(e.event is not EventType.RESOLVED for e in seq[:-1])

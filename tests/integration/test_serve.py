@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from monitor.events import EventType
-from tests.harness import read_alerts, running, settings_for, wait_consumed
+from tests.harness import (
+    assert_alert_sequences,
+    read_alerts,
+    running,
+    settings_for,
+    wait_consumed,
+)
 from tests.plant import PLANT
 from training.simulator import FAULT_KINDS, PlantConfig, PlantSimulator, produce
 
@@ -93,14 +99,7 @@ async def test_faults_raise_alerts_on_the_right_assets(
             assert fault in matched, f"{fault.kind} on {fault.asset} raised no alert\n{report}"
     assert false_alerts <= 1, report
     # Events are well formed: each alert opens once, and resolves at most once, last.
-    by_id: dict[str, list] = {}
-    for e in events:
-        by_id.setdefault(e.alert_id, []).append(e)
-    for seq in by_id.values():
-        assert seq[0].event is EventType.OPENED
-        assert [e.seq for e in seq] == list(range(len(seq)))
-        assert all(e.event is not EventType.RESOLVED for e in seq[:-1])
-    assert len({e.event_id for e in events}) == len(events)
+    assert_alert_sequences(events)
 
 
 async def test_normal_stream_raises_no_alerts(

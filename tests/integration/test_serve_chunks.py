@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 
 from monitor import service as service_module
-from monitor.events import EventType
-from tests.harness import read_alerts, running, sample, settings_for, wait_for
+from tests.harness import (
+    assert_alert_sequences,
+    read_alerts,
+    running,
+    sample,
+    settings_for,
+    wait_for,
+)
 from tests.plant import PLANT
 from training.simulator import PlantConfig, PlantSimulator, produce
 
@@ -51,10 +57,4 @@ async def test_chunked_batches_score_every_reading_once(
     # Every reading after each asset's first full window was scored, once.
     assert scored == produced - 31 * len(sim.assets)
     events = await read_alerts(kafka_bootstrap, alerts)
-    assert len({e.event_id for e in events}) == len(events)
-    by_id: dict[str, list] = {}
-    for e in events:
-        by_id.setdefault(e.alert_id, []).append(e)
-    for seq in by_id.values():
-        assert seq[0].event is EventType.OPENED
-        assert [e.seq for e in seq] == list(range(len(seq)))
+    assert_alert_sequences(events)

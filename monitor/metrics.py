@@ -89,7 +89,8 @@ class Metrics:
         self.batch_stage = Histogram(
             f"{p}_batch_stage_seconds",
             "Time one batch spent in each stage of the data path (decode, windows, score, "
-            "detect, commit): where a batch's latency goes.",
+            "detect), and each commit (one Kafka transaction per input.commit_interval_ms "
+            "of batches): where the time goes.",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,

@@ -7,12 +7,12 @@ Per ``getmany`` batch::
                                     └─ score (worker thread) ─ detector  │
                                           └─ alert events ──┐            │
     one Kafka transaction:  alerts topic  ◄─────────────────┘            │
-                            dead-letter topic  ◄─────────────────────────┘
-                            consumer offsets (+ commit metadata, see monitor.offsets)
+    (the batches of up to   dead-letter topic  ◄─────────────────────────┘
+    commit_interval_ms)     consumer offsets (+ commit metadata, see monitor.offsets)
 
 Because alert events, dead letters and offsets commit atomically, a crash at any point either
-keeps all of a batch's effects or none: the batch is then consumed again and, being
-deterministic, yields the same events with the same ids. Consumers of the alerts topic read
+keeps all of a transaction's effects or none: its batches are then consumed again and, being
+deterministic, yield the same events with the same ids. Consumers of the alerts topic read
 with ``isolation_level="read_committed"``.
 """
 
@@ -75,7 +75,8 @@ PROBE_INTERVAL_S = 5.0
 
 @dataclass
 class _Outgoing:
-    """What one batch produces, committed together in one transaction."""
+    """What the batches since the last commit produced, committed together in one transaction
+    (every ``input.commit_interval_ms``)."""
 
     alerts: list[AlertEvent] = field(default_factory=list)
     scores: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -87,7 +88,13 @@ class _Outgoing:
     #: "every reading counted" would otherwise stop the service before the last ones scored).
     counts: list[tuple[PromCounter, float]] = field(default_factory=list)
 
-    #: Seconds spent per stage of the data path (observed once per batch).
+    #: Per partition, the offset of the last record handled: what the transaction commits.
+    last_offset: dict[TopicPartition, int] = field(default_factory=dict)
+    #: ``time.monotonic()`` when the first of these batches was handled.
+    since: float = field(default_factory=time.monotonic)
+
+    #: Seconds spent per stage of the data path in the batch being handled (observed, then
+    #: cleared, once per batch).
     stages: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def count(self, counter: PromCounter, amount: float = 1) -> None:
@@ -121,8 +128,15 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     # committed: otherwise its transaction would commit the revoked partition with the window
     # state already forgotten (start = last + 1, no replay for the next owner: the first L - 1
     # windows of every asset there went unscored; found by tests/integration/test_scaleout.py).
+    # Batches handled since the last commit are committed first, while the partitions are
+    # still ours. If that fails, their transaction is aborted and the partitions, whoever gets
+    # them next, are read again from the last commit (an eager rebalance revokes them all).
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.service._batch_lock:
+            try:
+                await self.service._flush()
+            except _NotCommittedError as exc:
+                logger.warning("%s; read again from the last commit after the rebalance", exc)
             self.service._revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -165,6 +179,8 @@ class Service(Lifecycle):
         self._pipeline: _Pipeline | None = None
         #: Held while a batch is processed and committed, and by rebalance callbacks.
         self._batch_lock = asyncio.Lock()
+        #: What the batches handled since the last commit produced (None: nothing).
+        self._open: _Outgoing | None = None
         #: Per assigned partition: the last commit known to have succeeded, (offset, metadata).
         self._last_commit: dict[TopicPartition, tuple[int, str]] = {}
         #: Per partition: commit without alert state until then (it did not fit); last warning.
@@ -289,20 +305,32 @@ class Service(Lifecycle):
         assert self._consumer is not None
         s = self.settings.input
         while not self._stop.is_set():
+            timeout_ms = s.fetch_timeout_ms
+            if self._open is not None:  # wake up in time to commit what is open
+                due_in = self._open.since + s.commit_interval_ms / 1000 - time.monotonic()
+                timeout_ms = max(0, min(timeout_ms, math.ceil(due_in * 1000)))
             batch = await self._consumer.getmany(
-                timeout_ms=s.fetch_timeout_ms, max_records=s.fetch_max_records
+                timeout_ms=timeout_ms, max_records=s.fetch_max_records
             )
-            if batch:
-                async with self._batch_lock:
-                    # Records fetched before a rebalance may belong to partitions revoked since.
-                    owned = self._consumer.assignment()
-                    batch = {tp: records for tp, records in batch.items() if tp in owned}
-                    try:
-                        if batch:
-                            await self._process(batch)
-                    except _NotCommittedError as exc:
-                        await self._rewind(exc)
+            async with self._batch_lock:
+                # Records fetched before a rebalance may belong to partitions revoked since.
+                owned = self._consumer.assignment()
+                batch = {tp: records for tp, records in batch.items() if tp in owned}
+                try:
+                    if batch:
+                        await self._process(batch)
+                    if self._open is not None and (
+                        time.monotonic() - self._open.since >= s.commit_interval_ms / 1000
+                    ):
+                        await self._flush()
+                except _NotCommittedError as exc:
+                    await self._rewind(exc)
             self._update_lag()
+        async with self._batch_lock:
+            try:
+                await self._flush()
+            except _NotCommittedError as exc:
+                logger.warning("%s; read again from the last commit after a restart", exc)
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
@@ -326,6 +354,7 @@ class Service(Lifecycle):
         Retries until it succeeds or a stop is requested.
         """
         logger.warning("batch not committed (%s); rewinding to the last commit", cause)
+        self._open = None
         self.metrics.batch_rewinds.inc()
         assert self._consumer is not None
         delay = 0.5
@@ -457,7 +486,7 @@ class Service(Lifecycle):
     # --- rebalancing -------------------------------------------------------------------------
 
     def _revoke(self, revoked: list[TopicPartition]) -> None:
-        # Every batch commits before the next getmany, so nothing is left to commit here.
+        # Called with nothing left to commit (flushed, or dropped by a rewind).
         p = self.pipeline
         for tp in revoked:
             assets = self._partition_assets.pop(tp, set())
@@ -528,7 +557,7 @@ class Service(Lifecycle):
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> None:
         p = self.pipeline
-        out = _Outgoing()
+        out = self._open = self._open or _Outgoing()
         m = self.metrics
         # Counted locally and added to the metrics once per batch, not once per record.
         ok = invalid = carried = resets = 0
@@ -591,23 +620,33 @@ class Service(Lifecycle):
             out.count(m.readings.labels(outcome), count)
         for kind, count in (("carried_forward", carried), ("window_reset", resets)):
             out.count(m.data_quality.labels(kind), count)
-
-        with out.timed("commit"):
-            await self._commit(out, last_offset)
+        # Counted once committed: "consumed" means fully handled.
+        for tp, records in batch.items():
+            out.count(m.messages.labels(tp.topic), len(records))
+        out.last_offset.update(last_offset)
         for stage, seconds in out.stages.items():
             m.batch_stage.labels(stage).observe(seconds)
-        # Counted once the batch is scored and committed: "consumed" means fully handled.
-        for counter, amount in out.counts:
-            counter.inc(amount)
-        for tp, records in batch.items():
-            m.messages.labels(tp.topic).inc(len(records))
-        for tp, offset in last_offset.items():
-            self._position[tp] = offset + 1
-            if self._replay_through.get(tp, -1) <= offset:
-                self._replay_through.pop(tp, None)
+        out.stages.clear()
         if time.monotonic() >= self._next_expiry:
             self._expire_idle()
         m.tracked_assets.set(len(p.store))
+
+    async def _flush(self) -> None:
+        """Commit the batches handled since the last commit, in one transaction: their alert
+        events, scores and dead letters, each partition's offset and alert state. Raises
+        :class:`_NotCommittedError` (the batches are then dropped, the caller rewinds)."""
+        out, self._open = self._open, None
+        if out is None:
+            return
+        t0 = time.perf_counter()
+        await self._commit(out, out.last_offset)
+        self.metrics.batch_stage.labels("commit").observe(time.perf_counter() - t0)
+        for counter, amount in out.counts:
+            counter.inc(amount)
+        for tp, offset in out.last_offset.items():
+            self._position[tp] = offset + 1
+            if self._replay_through.get(tp, -1) <= offset:
+                self._replay_through.pop(tp, None)
 
     def _expire_idle(self) -> None:
         """Drop assets silent for ``windows.idle_timeout_s`` (see WindowStore.expire_idle):

@@ -178,20 +178,21 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 unit="s",
             ),
             Panel(
-                "Time per batch by stage (mean)",
+                "Time spent by stage",
                 "bars",
                 (
                     Target(
-                        f"sum by (stage) (rate(plantwatch_batch_stage_seconds_sum{{{SEL}}}[{RI}]))"
-                        f" / sum by (stage) "
-                        f"(rate(plantwatch_batch_stage_seconds_count{{{SEL}}}[{RI}]))",
+                        f"sum by (stage) (rate(plantwatch_batch_stage_seconds_sum{{{SEL}}}[{RI}]))",
                         "{{stage}}",
                     ),
                 ),
                 w=24,
-                unit="s",
-                description="Where a batch's time goes: decode, windows, score, detect, commit "
-                "(the Kafka transaction). Stacked, the total is the batch cycle.",
+                unit="percentunit",
+                description="Share of wall-clock time the data path spends in each stage: "
+                "decode, windows, score, detect, commit (the Kafka transaction, one per "
+                "input.commit_interval_ms of batches). Stacked, the total is how busy the "
+                "consume loop is per instance summed over instances; near 100 % per instance "
+                "it is the bottleneck.",
             ),
         ),
     ),

@@ -68,11 +68,11 @@ async def test_faults_raise_alerts_on_the_right_assets(
     assert figures["ok"] == figures["produced"]
     # Every reading after each asset's first full window was scored.
     assert figures["scored"] == figures["produced"] - 31 * len(sim.assets)
-    # Every committed batch decoded and appended; scoring and detection ran in some of them.
+    # Every batch decoded and appended (several per commit); scoring and detection ran in some.
     batches = figures["batches_commit"]
     assert batches > 0
-    assert figures["batches_decode"] == figures["batches_windows"] == batches
-    assert 0 < figures["batches_score"] == figures["batches_detect"] <= batches
+    assert figures["batches_decode"] == figures["batches_windows"] >= batches
+    assert 0 < figures["batches_score"] == figures["batches_detect"] <= figures["batches_decode"]
 
     opened = [e for e in events if e.event is EventType.OPENED]
     report = [f"{len(opened)} alerts opened, {len(events)} events"]

@@ -423,7 +423,7 @@ class Latency:
     alert_p99: float
     alerts: int
     catch_up: float  # seconds to consume the history before the live stream
-    #: Per committed batch in the measured part: mean seconds in each stage of the data path
+    #: Per batch in the measured part: mean seconds in each stage of the data path
     #: (``plantwatch_batch_stage_seconds``) and the batches, windows and Python GC pauses.
     stages: dict[str, float] = field(default_factory=dict)
     batches: int = 0

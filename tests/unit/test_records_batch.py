@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -149,3 +150,42 @@ def test_fast_path_output() -> None:
     assert [i for i, _ in result.rejections] == [11]
     assert result.blocks(10) == []
     assert isinstance(result.blocks(0)[0], ReadingBlock)
+
+
+def test_the_collector_is_paused_while_json_is_parsed_and_left_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parsing a run pauses Python's cyclic GC (it would traverse every parsed container again
+    and again) and restores it afterwards, also when it was off to begin with."""
+    import gc
+
+    import monitor.records as records
+
+    seen: list[bool] = []
+    real = records.orjson
+
+    class SpyOrjson:
+        JSONDecodeError = real.JSONDecodeError
+
+        @staticmethod
+        def loads(value: bytes) -> Any:
+            seen.append(gc.isenabled())
+            return real.loads(value)
+
+    monkeypatch.setattr(records, "orjson", SpyOrjson)
+    decoder = Decoder(DecoderConfig(features=FEATURES))
+    values = [
+        json.dumps({"asset": "p1", "ts": TS_MIN_MS + i, "values": [1.0] * 4}).encode()
+        for i in range(64)
+    ]
+    assert gc.isenabled()
+    assert len(decoder.decode_many([None] * 64, values)) == 64
+    assert seen
+    assert not any(seen)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        assert len(decoder.decode_many([None] * 64, values)) == 64
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

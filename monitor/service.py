@@ -586,6 +586,7 @@ class Service(Lifecycle):
                             decoded.values[ra:rb],
                             reading_offsets[ra:rb],
                             slot,
+                            replay=hi <= n_replay,
                         )
                 if result is None:
                     with out.timed("windows"):
@@ -716,7 +717,9 @@ class Service(Lifecycle):
                     offsets_ = one
                 else:
                     offsets_ = np.full(n, record.offset, dtype=np.int64)
-                result = p.store.append(block.asset, block.ts_ms, block.values, offsets_, slot)
+                result = p.store.append(
+                    block.asset, block.ts_ms, block.values, offsets_, slot, replay=replay
+                )
                 assets.add(block.asset)
                 if result.rejected:
                     rejected = rejected or Counter()

@@ -221,6 +221,9 @@ class WindowStore:
         # Idle expiry: the epoch of each slot's last append (see expire_idle).
         self._seen = np.zeros(0, dtype=np.int64)
         self._epoch = 0
+        #: What the append in progress marks in ``_seen``: the epoch, or one that counts as
+        #: not heard from (replayed readings).
+        self._seen_mark = 0
         self._expired = 0
 
         self._evictions = 0
@@ -278,11 +281,18 @@ class WindowStore:
         values: npt.NDArray[np.float32],
         offsets: npt.NDArray[np.int64],
         partition: int,
+        *,
+        replay: bool = False,
     ) -> AppendResult:
         """Add a block of one asset's readings (``ts_ms`` strictly increasing) from ``partition``.
 
         ``values`` is ``[n, n_features]`` float32, ``ts_ms`` and ``offsets`` are ``[n]`` int64.
+        ``replay``: readings read again after a restore from a commit. They rebuild windows but
+        are history, not news: they do not count as the asset having reported for
+        :meth:`expire_idle` (else every rebalance, replaying from a commit that silent assets
+        hold back, would keep them alive and the commit pinned for good).
         """
+        self._seen_mark = self._epoch - 2 if replay else self._epoch
         n = ts_ms.shape[0] if ts_ms.ndim == 1 else -1
         if n < 0 or offsets.shape != ts_ms.shape or values.shape != (n, self.n_features):
             raise ValueError(
@@ -323,6 +333,8 @@ class WindowStore:
         values: npt.NDArray[np.float32],
         offsets: npt.NDArray[np.int64],
         partition: int,
+        *,
+        replay: bool = False,
     ) -> AppendResult | None:
         """Add readings of many assets from ``partition`` at once: reading ``i`` is ``assets[i]``'s.
 
@@ -332,7 +344,9 @@ class WindowStore:
         the block path of their asset. Returns ``None`` and changes nothing if a reading would
         be rejected (timestamp not after its asset's previous one, or a new asset beyond
         ``max_assets``): the caller then appends block by block to attribute the rejections.
+        ``replay`` as for :meth:`append`.
         """
+        self._seen_mark = self._epoch - 2 if replay else self._epoch
         n = len(assets)
         if ts_ms.shape != (n,) or offsets.shape != (n,) or values.shape != (n, self.n_features):
             raise ValueError(
@@ -460,7 +474,7 @@ class WindowStore:
         self._phase[vs] = new_phase[vec]
         self._last_ts[vs] = ts_s[ends[vec]]
         self._part[vs] = partition
-        self._seen[vs] = self._epoch
+        self._seen[vs] = self._seen_mark
 
         # -- groups with a gap: the block path, then windows back into input order ------------
         carried = resets = gap_ready = 0
@@ -518,7 +532,7 @@ class WindowStore:
         self._head[slot] = h
         self._last_ts[slot] = t
         self._part[slot] = partition
-        self._seen[slot] = self._epoch
+        self._seen[slot] = self._seen_mark
         if self._evict:
             self._assets.move_to_end(asset)
         count = int(self._count[slot])
@@ -549,7 +563,7 @@ class WindowStore:
         partition: int,
     ) -> AppendResult:
         self._part[slot] = partition
-        self._seen[slot] = self._epoch
+        self._seen[slot] = self._seen_mark
         fresh = self._count[slot] == 0
         dup = ooo = 0
         if not fresh:
@@ -708,7 +722,7 @@ class WindowStore:
         self._phase[slot] = self.stride
         self._part[slot] = partition
         self._used[slot] = True
-        self._seen[slot] = self._epoch
+        self._seen[slot] = self._seen_mark
         self._names[slot] = asset
         self._assets[asset] = slot
         return slot
@@ -814,7 +828,8 @@ class WindowStore:
     def expire_idle(self) -> list[str]:
         """Drop assets that have gone quiet; return their names. Call it periodically.
 
-        An asset is dropped when it was not appended to since the previous call *and* its
+        An asset is dropped when it was not appended to since the previous call (replayed
+        readings do not count, see :meth:`append`) *and* its
         last reading is older (event time) than the median of its partition's assets by more
         than ``idle_timeout_ms`` and by more than a gap that resets a window anyway
         (``max_gap_steps + 2`` intervals): should it come back, its window starts over just as

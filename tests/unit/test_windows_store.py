@@ -700,3 +700,34 @@ def test_no_expiry_without_an_idle_timeout() -> None:
     _live(store, "a", range(10, 10_000, 100))
     assert store.expire_idle() == []
     assert len(store) == 2
+
+
+@pytest.mark.parametrize("replay", [True, False])
+def test_replayed_readings_do_not_count_as_an_asset_reporting(replay: bool) -> None:
+    # The session-4 soak found it: a rebalance re-reads every partition from its commit, which
+    # one-off ids held back; counted as them reporting, the replay kept them (and the commit)
+    # alive through every rebalance that came sooner than two expiry periods.
+    store = WindowStore(length=4, n_features=1, interval_ms=I, idle_timeout_ms=30 * I)
+
+    def history(asset: str, steps: range) -> None:
+        for step in steps:
+            t, v, o = arrays([step * I], f=1, offsets=[1000 * step + ord(asset[-1])])
+            store.append(asset, t, v, o, 0, replay=replay)
+
+    history("one-off", range(5, 6))
+    history("a", range(0, 50))
+    many = store.append_many(
+        ["b"] * 50,
+        np.arange(50, dtype=np.int64) * I,
+        np.zeros((50, 1), dtype=np.float32),
+        np.arange(50, dtype=np.int64),
+        0,
+        replay=replay,
+    )
+    assert many is not None
+    assert many.accepted == 50
+    _live(store, "ab", range(50, 60))  # what arrives after the replay
+    assert store.expire_idle() == (["one-off"] if replay else [])
+    assert sorted(a for a in ("a", "b", "one-off") if a in store) == (
+        ["a", "b"] if replay else ["a", "b", "one-off"]
+    )

@@ -133,6 +133,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     # them next, are read again from the last commit (an eager rebalance revokes them all).
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.service._batch_lock:
+            if (open_ := self.service._open) is not None:
+                logger.info(
+                    "committing what is open before the rebalance: %s",
+                    ", ".join(f"{tp.partition}@{last}" for tp, last in open_.last_offset.items()),
+                )
             try:
                 await self.service._flush()
             except _NotCommittedError as exc:
@@ -522,14 +527,22 @@ class Service(Lifecycle):
             state = offsets.decode(metadata)
             own = self._last_commit.get(tp)
             own_state = offsets.decode(own[1]) if own is not None else None
+            source = "group"
             if (
                 own is not None
                 and own_state is not None
                 and (state is None or own_state.scored_through > state.scored_through)
             ):
-                (offset, metadata), state = own, own_state
+                (offset, metadata), state, source = own, own_state, "own"
             if state is None:
                 continue
+            logger.info(
+                "%s resumes at offset %d, scored through %d (%s commit)",
+                tp,
+                offset,
+                state.scored_through,
+                source,
+            )
             # Read from the offset of the very commit whose metadata is used, not from
             # wherever the consumer's own position ends up (records fetched before the
             # rebalance must not skip part of the replay).

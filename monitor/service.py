@@ -132,8 +132,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     # still ours. If that fails, their transaction is aborted and the partitions, whoever gets
     # them next, are read again from the last commit (an eager rebalance revokes them all).
     #
-    # Each callback moves the service's rebalance count on (odd: between a revocation and the
-    # next assignment), so that the consume loop drops a batch fetched before either: see run().
+    # From a revocation until the next assignment the consume loop drops what it fetched: see
+    # run().
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.service._batch_lock:
             if (open_ := self.service._open) is not None:
@@ -146,7 +146,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             except _NotCommittedError as exc:
                 logger.warning("%s; read again from the last commit after the rebalance", exc)
             finally:
-                self.service._rebalances += 1 + self.service._rebalances % 2  # odd
+                self.service._reassigning = True
             self.service._revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -154,7 +154,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             try:
                 await self.service._assign(assigned)
             finally:
-                self.service._rebalances += 2 - self.service._rebalances % 2  # even
+                self.service._reassigning = False
 
 
 class Service(Lifecycle):
@@ -192,8 +192,8 @@ class Service(Lifecycle):
         self._pipeline: _Pipeline | None = None
         #: Held while a batch is processed and committed, and by rebalance callbacks.
         self._batch_lock = asyncio.Lock()
-        #: Moved on by each rebalance callback: odd from a revocation until the assignment.
-        self._rebalances = 0
+        #: From a revocation until the next assignment (rebalance callbacks).
+        self._reassigning = False
         #: What the batches handled since the last commit produced (None: nothing).
         self._open: _Outgoing | None = None
         #: Per assigned partition: the last commit known to have succeeded, (offset, metadata).
@@ -324,21 +324,26 @@ class Service(Lifecycle):
             if self._open is not None:  # wake up in time to commit what is open
                 due_in = self._open.since + s.commit_interval_ms / 1000 - time.monotonic()
                 timeout_ms = max(0, min(timeout_ms, math.ceil(due_in * 1000)))
-            rebalances = self._rebalances
             batch = await self._consumer.getmany(
                 timeout_ms=timeout_ms, max_records=s.fetch_max_records
             )
             async with self._batch_lock:
-                if batch and (self._rebalances != rebalances or rebalances % 2):
-                    # Fetched before a rebalance that ran while this loop waited for the records
-                    # or for the lock. The revocation forgot these partitions' windows, and
-                    # aiokafka still reports the old assignment until the new one is made (the
-                    # partitions may even come back). Handled now, the records would start
-                    # fresh windows and commit their offsets, and the next owner would resume
-                    # after them: the windows ending there, which needed the readings before,
-                    # would never be scored. Every partition is read again from its commit.
-                    logger.debug("dropped a batch fetched before a rebalance")
+                if self._reassigning:
+                    # Fetched under the old assignment, and a revocation ran while this loop
+                    # waited for the records or for the lock: it forgot these partitions'
+                    # windows, and aiokafka reports the old assignment until the new one is
+                    # made (the partitions may even come back). Handled now, the records would
+                    # start fresh windows and commit their offsets, and the next owner would
+                    # resume after them: the windows ending there, which needed the readings
+                    # before, would never be scored. Dropping them loses nothing: the new
+                    # assignment reads every partition again from its commit. (Records that a
+                    # getmany returns after the assignment come from the new positions.)
+                    if batch:
+                        logger.debug("dropped a batch fetched before a rebalance")
                     batch = {}
+                # Records fetched before a rebalance may belong to partitions revoked since.
+                owned = self._consumer.assignment()
+                batch = {tp: records for tp, records in batch.items() if tp in owned}
                 try:
                     if batch:
                         await self._process(batch)

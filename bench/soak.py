@@ -227,6 +227,7 @@ class Soak:
                 "topics": ["soak.readings"],
                 "group_id": "soak",
                 "dead_letter_topic": "soak.dlq",
+                "commit_interval_ms": args.commit_interval,
             },
             "model": {"path": str(self.model_dir), "device": "cpu", "threads": 1},
             "windows": {"max_assets": 20},
@@ -400,7 +401,12 @@ class Soak:
             await admin.close()
         doc = {
             **self.doc,
-            "input": {"topics": [topic], "group_id": "cap", "dead_letter_topic": "cap.dlq"},
+            "input": {
+                **self.doc["input"],
+                "topics": [topic],
+                "group_id": "cap",
+                "dead_letter_topic": "cap.dlq",
+            },
             "windows": {"max_assets": len(assets) + 20},
             "alerts": {"topic": "cap.alerts"},
             "scores": {"topic": "cap.scores"},
@@ -1019,6 +1025,12 @@ def main() -> int:
     parser.add_argument("--capacity-assets", type=int, default=1000)
     parser.add_argument("--fault-every", type=float, default=300.0, help="seconds")
     parser.add_argument("--outage", type=float, default=20.0, help="broker outage seconds")
+    parser.add_argument(
+        "--commit-interval",
+        type=int,
+        default=0,
+        help="the instances' input.commit_interval_ms (0: one transaction per batch)",
+    )
     parser.add_argument("--bundle", type=Path)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/reliability.md")
     parser.add_argument("--note", default="")

@@ -339,7 +339,10 @@ class Service(Lifecycle):
                     # assignment reads every partition again from its commit. (Records that a
                     # getmany returns after the assignment come from the new positions.)
                     if batch:
-                        logger.debug("dropped a batch fetched before a rebalance")
+                        logger.info(
+                            "rebalancing: %d records fetched before it are read again after it",
+                            sum(map(len, batch.values())),
+                        )
                     batch = {}
                 # Records fetched before a rebalance may belong to partitions revoked since.
                 owned = self._consumer.assignment()

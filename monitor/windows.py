@@ -36,7 +36,10 @@ cost ``L·F·4`` bytes each until collected, so collect after every poll.
 **Overflow policy.** At most ``max_assets`` assets are tracked. With ``"reject"`` a new asset
 beyond the cap is refused: its whole block is rejected as ``asset_limit`` for the caller to count
 or dead-letter. With ``"evict_idle"`` the asset least recently updated (last accepted reading) is
-dropped to make room; if it comes back its window starts over.
+dropped to make room; if it comes back its window starts over. Replayed readings (``replay``)
+are admitted beyond the cap: an instance that takes over another's partitions must rebuild the
+windows of the assets that instance admitted (found by a soak: refused during the replay, they
+let the commit move past readings their windows needed).
 
 **Commits.** :meth:`WindowStore.min_needed_offset` is the smallest Kafka offset a restarted
 consumer must re-read to rebuild every window on a partition: per asset, the offset of the
@@ -290,7 +293,10 @@ class WindowStore:
         ``replay``: readings read again after a restore from a commit. They rebuild windows but
         are history, not news: they do not count as the asset having reported for
         :meth:`expire_idle` (else every rebalance, replaying from a commit that silent assets
-        hold back, would keep them alive and the commit pinned for good).
+        hold back, would keep them alive and the commit pinned for good). Nor do they count
+        against ``max_assets``: the previous owner admitted these assets, and a refused one
+        would neither have its windows rebuilt nor hold the commit back, so whoever resumes
+        from the next commit could never score the windows that needed its readings.
         """
         self._seen_mark = self._epoch - 2 if replay else self._epoch
         n = ts_ms.shape[0] if ts_ms.ndim == 1 else -1
@@ -315,7 +321,7 @@ class WindowStore:
 
         slot = self._assets.get(asset)
         if slot is None:
-            slot = self._admit(asset, partition)
+            slot = self._admit(asset, partition, replay=replay)
             if slot is None:
                 self._rejected_limit += n
                 return AppendResult(0, asset_limit=n)
@@ -378,7 +384,7 @@ class WindowStore:
         slots = np.fromiter((get(a, -1) for a in names), dtype=np.intp, count=n_groups)
         known = slots >= 0
         new = np.flatnonzero(~known).tolist()
-        if new and len(self._assets) + len(new) > self.max_assets:
+        if new and not replay and len(self._assets) + len(new) > self.max_assets:
             return None  # some asset would be refused or evict another
         count = np.zeros(n_groups, dtype=np.int64)
         last_ts = np.zeros(n_groups, dtype=np.int64)
@@ -402,7 +408,7 @@ class WindowStore:
         gap_group[gcode[(dt > self._max_step) & ~open_start]] = True
 
         for g in new:
-            slot = self._admit(names[g], partition)
+            slot = self._admit(names[g], partition, replay=replay)
             assert slot is not None
             slots[g] = slot
 
@@ -694,8 +700,8 @@ class WindowStore:
 
     # -- asset slots -------------------------------------------------------------------------
 
-    def _admit(self, asset: str, partition: int) -> int | None:
-        if len(self._assets) >= self.max_assets:
+    def _admit(self, asset: str, partition: int, *, replay: bool = False) -> int | None:
+        if len(self._assets) >= self.max_assets and not replay:
             if not self._evict:
                 return None
             _, idle = self._assets.popitem(last=False)

@@ -731,3 +731,45 @@ def test_replayed_readings_do_not_count_as_an_asset_reporting(replay: bool) -> N
     assert sorted(a for a in ("a", "b", "one-off") if a in store) == (
         ["a", "b"] if replay else ["a", "b", "one-off"]
     )
+
+
+@pytest.mark.parametrize("overflow", ["reject", "evict_idle"])
+@pytest.mark.parametrize("bulk", [False, True], ids=["append", "append_many"])
+def test_replayed_readings_are_admitted_beyond_max_assets(overflow: str, bulk: bool) -> None:
+    # Found by a session-5 soak: an instance that took over the other's partitions while its
+    # own places were full refused those partitions' assets during the replay. Refused, they
+    # neither had windows rebuilt nor held the commit back (the partition had no tracked asset,
+    # so the commit moved to the last offset read), and whoever resumed from that commit could
+    # not score the next L - 1 windows of each: 16-20 readings of thousands of assets.
+    store = WindowStore(length=4, n_features=1, interval_ms=I, max_assets=2, overflow=overflow)
+    _live(store, "ab", range(0, 10))
+
+    def replay(asset: str, first_offset: int, *, replay: bool) -> AppendResult | None:
+        ts = np.arange(6, 10, dtype=np.int64) * I
+        offsets = np.arange(first_offset, first_offset + 4, dtype=np.int64)
+        values = np.zeros((4, 1), dtype=np.float32)
+        if bulk:
+            return store.append_many([asset] * 4, ts, values, offsets, 1, replay=replay)
+        return store.append(asset, ts, values, offsets, 1, replay=replay)
+
+    result = replay("c", 500, replay=True)
+    assert result is not None
+    assert result.accepted == 4
+    assert len(store) == 3  # beyond the cap, nobody evicted
+    assert sorted(store.min_needed_offsets()) == [0, 1]
+    assert store.min_needed_offsets()[1] == 501  # c's last L - 1 readings hold the commit back
+
+    # Live, a new asset beyond the cap is still refused (or evicts the idlest); append_many
+    # declines, and the caller appends block by block to attribute that.
+    live = replay("d", 600, replay=False)
+    if bulk:
+        assert live is None
+    elif overflow == "reject":
+        assert live is not None
+        assert live.asset_limit == 4
+        assert "d" not in store
+    else:
+        assert live is not None
+        assert live.accepted == 4
+        assert "d" in store
+        assert len(store) == 3

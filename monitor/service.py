@@ -136,6 +136,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     # run().
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.service._batch_lock:
+            self.service._reassigning = True
             if (open_ := self.service._open) is not None:
                 logger.info(
                     "committing what is open before the rebalance: %s",
@@ -145,8 +146,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self.service._flush()
             except _NotCommittedError as exc:
                 logger.warning("%s; read again from the last commit after the rebalance", exc)
-            finally:
-                self.service._reassigning = True
             self.service._revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:

@@ -55,7 +55,6 @@ class _Consumer:
         self.service = service
         self.records = records
         self.during: Callable[[], Any] | None = None
-        self.seeks: list[tuple[TopicPartition, int]] = []
 
     async def getmany(self, **_: Any) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         if self.during is not None:
@@ -68,9 +67,6 @@ class _Consumer:
 
     def highwater(self, tp: TopicPartition) -> int | None:
         return None
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.seeks.append((tp, offset))
 
 
 class _Producer:

@@ -744,7 +744,7 @@ def test_replayed_readings_are_admitted_beyond_max_assets(overflow: str, bulk: b
     store = WindowStore(length=4, n_features=1, interval_ms=I, max_assets=2, overflow=overflow)
     _live(store, "ab", range(0, 10))
 
-    def replay(asset: str, first_offset: int, *, replay: bool) -> AppendResult | None:
+    def add(asset: str, first_offset: int, *, replay: bool) -> AppendResult | None:
         ts = np.arange(6, 10, dtype=np.int64) * I
         offsets = np.arange(first_offset, first_offset + 4, dtype=np.int64)
         values = np.zeros((4, 1), dtype=np.float32)
@@ -752,7 +752,7 @@ def test_replayed_readings_are_admitted_beyond_max_assets(overflow: str, bulk: b
             return store.append_many([asset] * 4, ts, values, offsets, 1, replay=replay)
         return store.append(asset, ts, values, offsets, 1, replay=replay)
 
-    result = replay("c", 500, replay=True)
+    result = add("c", 500, replay=True)
     assert result is not None
     assert result.accepted == 4
     assert len(store) == 3  # beyond the cap, nobody evicted
@@ -761,7 +761,7 @@ def test_replayed_readings_are_admitted_beyond_max_assets(overflow: str, bulk: b
 
     # Live, a new asset beyond the cap is still refused (or evicts the idlest); append_many
     # declines, and the caller appends block by block to attribute that.
-    live = replay("d", 600, replay=False)
+    live = add("d", 600, replay=False)
     if bulk:
         assert live is None
     elif overflow == "reject":

@@ -432,7 +432,7 @@ class Latency:
     gc_pauses: list[float] = field(default_factory=list)
 
 
-STAGES = ("decode", "windows", "score", "detect", "commit")
+STAGES = ("decode", "windows", "score", "score_wait", "detect", "commit")
 
 
 def _scored(service: Service) -> float:

@@ -90,7 +90,9 @@ class Metrics:
             f"{p}_batch_stage_seconds",
             "Time one batch spent in each stage of the data path (decode, windows, score, "
             "detect), and each commit (one Kafka transaction per input.commit_interval_ms "
-            "of batches): where the time goes.",
+            "of batches): where the time goes. score runs in the scoring thread, overlapping "
+            "the next partition's decode and windows; score_wait is what the loop waited "
+            "for it.",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,

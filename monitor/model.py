@@ -99,8 +99,16 @@ class ModelManager:
     def _build(self) -> LoadedModel:
         keys = load_trusted_keys(self.trusted_keys)
         bundle = load_bundle(self.path, trusted_keys=keys)
+        # The service overlaps scoring with the event loop's work on the next batch: pool
+        # threads spinning between runs would take the loop's core. Measured on 2 cores
+        # (bench/results/performance.md, session 6): with spinning the overlap bought nothing;
+        # without it 10-15 % more readings/s, although the graph alone runs ~15 % slower.
         scorer = Scorer(
-            bundle, device=self.device, threads=self.threads, io_binding=self.io_binding
+            bundle,
+            device=self.device,
+            threads=self.threads,
+            io_binding=self.io_binding,
+            spinning=False,
         )
         return LoadedModel(bundle, scorer)
 

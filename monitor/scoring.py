@@ -84,7 +84,10 @@ class Scorer:
         device: Device = "auto",
         threads: int = 0,
         io_binding: bool | None = None,
+        spinning: bool = True,
     ) -> None:
+        """``spinning``: whether ONNX Runtime's pool threads spin between runs (its default,
+        fastest for a caller that only scores); the service turns it off."""
         ort = _import_onnxruntime()
         self._ort = ort
         self.bundle = bundle
@@ -92,6 +95,8 @@ class Scorer:
         if threads:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = choose_providers(device, ort.get_available_providers())
         try:
             self._session = ort.InferenceSession(

@@ -5,6 +5,8 @@ Per ``getmany`` batch::
     records ─ decode/validate ─┬─ rejected ─────────────────────────────┐
                                └─ window store ─ ready windows           │
                                     └─ score (worker thread) ─ detector  │
+                                       (overlaps the next chunk's decode │
+                                        and windows; detected in order)  │
                                           └─ alert events ──┐            │
     one Kafka transaction:  alerts topic  ◄─────────────────┘            │
     (the batches of up to   dead-letter topic  ◄─────────────────────────┘
@@ -27,9 +29,11 @@ import logging
 import math
 import socket
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +67,9 @@ MAX_SCORING_BATCH = 8192
 #: about this size, but at least MIN_CHUNK_READINGS readings.
 CHUNK_BYTES = 32 << 20
 MIN_CHUNK_READINGS = 1024
+#: Ready windows handed to the scoring thread as soon as a partition's records leave this many
+#: pending, so that ONNX Runtime scores them while the loop decodes the next partition.
+OVERLAP_WINDOWS = 1024
 #: Windows per batch whose end-to-end latency is observed (an even sample).
 LATENCY_SAMPLES = 256
 #: After the alert state did not fit in a partition's commit metadata, commit without it for
@@ -108,6 +115,28 @@ class _Outgoing:
             yield
         finally:
             self.stages[stage] += time.perf_counter() - t0
+
+
+@dataclass
+class _Tally:
+    """Readings of a batch by outcome (added to the metrics once per batch)."""
+
+    ok: int = 0
+    invalid: int = 0
+    carried: int = 0
+    resets: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Scoring:
+    """Windows handed to the scoring thread; detected, in order, once scored."""
+
+    assets: list[str]
+    ts_ms: npt.NDArray[np.int64]
+    model: LoadedModel
+    #: (scores, per-sensor errors, seconds in ONNX Runtime)
+    future: asyncio.Future[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], float]]
 
 
 @dataclass(frozen=True)
@@ -189,6 +218,9 @@ class Service(Lifecycle):
         self._slots: dict[TopicPartition, int] = {}
         self._model_in_use: LoadedModel | None = None
         self._pipeline: _Pipeline | None = None
+        #: One thread scores, so ONNX Runtime runs one batch at a time (on all its threads)
+        #: while the event loop prepares the next.
+        self._scoring_thread: ThreadPoolExecutor | None = None
         #: Held while a batch is processed and committed, and by rebalance callbacks.
         self._batch_lock = asyncio.Lock()
         #: From a revocation until the next assignment (rebalance callbacks).
@@ -477,6 +509,9 @@ class Service(Lifecycle):
         if self._ops is not None:
             ops, self._ops = self._ops, None
             await ops.stop()
+        if self._scoring_thread is not None:
+            thread, self._scoring_thread = self._scoring_thread, None
+            thread.shutdown(wait=False)
 
     # --- health ------------------------------------------------------------------------------
 
@@ -598,66 +633,26 @@ class Service(Lifecycle):
         out = self._open = self._open or _Outgoing()
         m = self.metrics
         # Counted locally and added to the metrics once per batch, not once per record.
-        ok = invalid = carried = resets = 0
-        rejected_total: Counter[str] = Counter()
+        tally = _Tally()
         last_offset: dict[TopicPartition, int] = {}
-        for tp, records in batch.items():
-            replay_through = self._replay_through.get(tp, -1)
-            slot = self._slot(tp)
-            with out.timed("decode"):
-                decoded = p.decoder.decode_many(
-                    [r.key for r in records], [r.value for r in records]
-                )
-                record_offsets = np.fromiter((r.offset for r in records), np.int64, len(records))
-            # Offsets increase within a partition: the replayed records are a prefix.
-            n_replay = int(np.searchsorted(record_offsets, replay_through, side="right"))
-            reading_offsets = record_offsets[decoded.messages]
-            for lo, hi in self._chunks(decoded, len(records)):
-                ra, rb = np.searchsorted(decoded.messages, (lo, hi)).tolist()
-                result = None
-                if hi <= n_replay or lo >= n_replay:
-                    # All readings at once; declined if any would be rejected.
-                    with out.timed("windows"):
-                        result = p.store.append_many(
-                            decoded.assets[ra:rb],
-                            decoded.ts_ms[ra:rb],
-                            decoded.values[ra:rb],
-                            reading_offsets[ra:rb],
-                            slot,
-                            replay=hi <= n_replay,
-                        )
-                if result is None:
-                    with out.timed("windows"):
-                        counts = self._append_each(
-                            out, tp, records, decoded, n_replay, slot, lo, hi
-                        )
-                    ok += counts[0]
-                    invalid += counts[1]
-                    carried += counts[2]
-                    resets += counts[3]
-                    rejected_total.update(counts[4])
-                else:
-                    self._partition_assets[tp].update(decoded.assets[ra:rb])
-                    if lo >= n_replay:
-                        ok += result.accepted
-                        carried += result.carried
-                        resets += result.resets
-                        for i, rejection in decoded.rejections:
-                            if lo <= i < hi:
-                                invalid += 1
-                                self._dead_letter(
-                                    out, records[i], rejection.reason.value, rejection.detail
-                                )
-                # Scored whenever a chunk's worth is pending: memory stays bounded (a getmany
-                # of batch messages can hold several 100,000 readings, a window each).
-                if p.store.pending >= self._chunk_readings():
-                    await self._score(p.store.collect(), out)
-            last_offset[tp] = records[-1].offset
-        if p.store.pending:
-            await self._score(p.store.collect(), out)
-        for outcome, count in (("ok", ok), ("invalid", invalid), *rejected_total.items()):
+        # Windows being scored in the worker thread while the loop goes on (see _submit).
+        scoring: deque[_Scoring] = deque()
+        try:
+            for tp, records in batch.items():
+                await self._append_partition(tp, records, out, scoring, tally)
+                last_offset[tp] = records[-1].offset
+                if p.store.pending >= OVERLAP_WINDOWS:
+                    await self._submit(p.store.collect(), out, scoring)
+            if p.store.pending:
+                await self._submit(p.store.collect(), out, scoring)
+            await self._drain(out, scoring, keep=0)
+        finally:
+            for job in scoring:  # left by an exception: nobody awaits them now
+                job.future.add_done_callback(_retrieve)
+        outcomes = (("ok", tally.ok), ("invalid", tally.invalid), *tally.rejected.items())
+        for outcome, count in outcomes:
             out.count(m.readings.labels(outcome), count)
-        for kind, count in (("carried_forward", carried), ("window_reset", resets)):
+        for kind, count in (("carried_forward", tally.carried), ("window_reset", tally.resets)):
             out.count(m.data_quality.labels(kind), count)
         # Counted once committed: "consumed" means fully handled.
         for tp, records in batch.items():
@@ -669,6 +664,59 @@ class Service(Lifecycle):
         if time.monotonic() >= self._next_expiry:
             self._expire_idle()
         m.tracked_assets.set(len(p.store))
+
+    async def _append_partition(
+        self,
+        tp: TopicPartition,
+        records: list[ConsumerRecord[bytes, bytes]],
+        out: _Outgoing,
+        scoring: deque[_Scoring],
+        tally: _Tally,
+    ) -> None:
+        """Decode a partition's records and append their readings to the window store, a
+        chunk at a time; hand each chunk's worth of ready windows to the scoring thread."""
+        p = self.pipeline
+        replay_through = self._replay_through.get(tp, -1)
+        slot = self._slot(tp)
+        with out.timed("decode"):
+            decoded = p.decoder.decode_many([r.key for r in records], [r.value for r in records])
+            record_offsets = np.fromiter((r.offset for r in records), np.int64, len(records))
+        # Offsets increase within a partition: the replayed records are a prefix.
+        n_replay = int(np.searchsorted(record_offsets, replay_through, side="right"))
+        reading_offsets = record_offsets[decoded.messages]
+        for lo, hi in self._chunks(decoded, len(records)):
+            ra, rb = np.searchsorted(decoded.messages, (lo, hi)).tolist()
+            result = None
+            if hi <= n_replay or lo >= n_replay:
+                # All readings at once; declined if any would be rejected.
+                with out.timed("windows"):
+                    result = p.store.append_many(
+                        decoded.assets[ra:rb],
+                        decoded.ts_ms[ra:rb],
+                        decoded.values[ra:rb],
+                        reading_offsets[ra:rb],
+                        slot,
+                        replay=hi <= n_replay,
+                    )
+            if result is None:
+                with out.timed("windows"):
+                    self._append_each(out, tp, records, decoded, n_replay, slot, lo, hi, tally)
+            else:
+                self._partition_assets[tp].update(decoded.assets[ra:rb])
+                if lo >= n_replay:
+                    tally.ok += result.accepted
+                    tally.carried += result.carried
+                    tally.resets += result.resets
+                    for i, rejection in decoded.rejections:
+                        if lo <= i < hi:
+                            tally.invalid += 1
+                            self._dead_letter(
+                                out, records[i], rejection.reason.value, rejection.detail
+                            )
+            # Scored whenever a chunk's worth is pending: memory stays bounded (a getmany of
+            # batch messages can hold several 100,000 readings, a window each).
+            if p.store.pending >= self._chunk_readings():
+                await self._submit(p.store.collect(), out, scoring)
 
     async def _flush(self) -> None:
         """Commit the batches handled since the last commit, in one transaction: their alert
@@ -726,14 +774,13 @@ class Service(Lifecycle):
         slot: int,
         lo: int,
         hi: int,
-    ) -> tuple[int, int, int, int, Counter[str]]:
+        tally: _Tally,
+    ) -> None:
         """Append a partition's batch message by message (when some reading is rejected, or
         the batch straddles the end of a replay): each message with rejected readings is
-        dead-lettered. Messages ``lo`` to ``hi`` (excluded) of ``records``. Returns (ok, invalid,
-        carried, resets, rejected readings by result)."""
+        dead-lettered. Messages ``lo`` to ``hi`` (excluded) of ``records``; counted in
+        ``tally``."""
         p = self.pipeline
-        ok = invalid = carried = resets = 0
-        rejected_total: Counter[str] = Counter()
         assets = self._partition_assets[tp]
         rejections = dict(decoded.rejections)
         # Most messages carry one reading; the store copies offsets, so one array serves all.
@@ -744,7 +791,7 @@ class Service(Lifecycle):
             rejection = rejections.get(i)
             if rejection is not None:
                 if not replay:
-                    invalid += 1
+                    tally.invalid += 1
                     self._dead_letter(out, record, rejection.reason.value, rejection.detail)
                 continue
             rejected: Counter[WindowReject] | None = None
@@ -763,52 +810,79 @@ class Service(Lifecycle):
                     rejected = rejected or Counter()
                     rejected.update(result.reasons())
                 if not replay:
-                    ok += result.accepted
-                    carried += result.carried
-                    resets += result.resets
+                    tally.ok += result.accepted
+                    tally.carried += result.carried
+                    tally.resets += result.resets
             if rejected and not replay:
                 for reason, count in rejected.items():
-                    rejected_total[_READING_RESULT.get(reason, reason)] += count
+                    tally.rejected[_READING_RESULT.get(reason, reason)] += count
                 detail = ", ".join(f"{count} {reason}" for reason, count in rejected.items())
                 self._dead_letter(out, record, next(iter(rejected)), f"readings rejected: {detail}")
-        return ok, invalid, carried, resets, rejected_total
 
-    async def _score(self, ready: ReadyBatch, out: _Outgoing) -> None:
-        detector = self.pipeline.detector
-        m = self.metrics
+    async def _submit(self, ready: ReadyBatch, out: _Outgoing, scoring: deque[_Scoring]) -> None:
+        """Hand ready windows to the scoring thread; then detect what was handed over before
+        them, so that one batch is scored while the loop prepares the next (ONNX Runtime
+        releases the GIL). Events come in the order of the windows either way."""
         # Windows that end at a reading scored before the restart only rebuild state.
         keep = np.ones(len(ready), dtype=bool)
         if self._replay_through:
             for tp, through in self._replay_through.items():
                 keep &= ~((ready.partitions == self._slot(tp)) & (ready.offsets <= through))
         idx = np.flatnonzero(keep)
-        if idx.size == 0:
-            return
-        windows = ready.windows if idx.size == len(ready) else ready.windows[idx]
-        assets = ready.assets if idx.size == len(ready) else [ready.assets[i] for i in idx]
-        ts_ms = ready.ts_ms[idx]
-
-        model = self.models.current
-        if model is not self._model_in_use:
-            detector.set_model(
-                threshold=model.threshold, model=model.ref, features=model.bundle.manifest.features
+        if idx.size:
+            whole = idx.size == len(ready)
+            model = self.models.current
+            if self._scoring_thread is None:
+                self._scoring_thread = ThreadPoolExecutor(1, thread_name_prefix="plantwatch-score")
+            future = asyncio.get_running_loop().run_in_executor(
+                self._scoring_thread,
+                self._score_windows,
+                model,
+                ready.windows if whole else ready.windows[idx],
             )
-            self._model_in_use = model
-        scores = np.empty(len(idx), dtype=np.float32)
-        errors = np.empty((len(idx), model.bundle.manifest.n_features), dtype=np.float32)
-        for start in range(0, len(idx), MAX_SCORING_BATCH):
+            assets = ready.assets if whole else [ready.assets[i] for i in idx]
+            scoring.append(_Scoring(assets, ready.ts_ms[idx], model, future))
+        await self._drain(out, scoring, keep=1)
+
+    def _score_windows(
+        self, model: LoadedModel, windows: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], float]:
+        """Score in chunks of MAX_SCORING_BATCH (in the scoring thread)."""
+        m = self.metrics
+        scores = np.empty(len(windows), dtype=np.float32)
+        errors = np.empty((len(windows), model.bundle.manifest.n_features), dtype=np.float32)
+        total = 0.0
+        for start in range(0, len(windows), MAX_SCORING_BATCH):
             chunk = windows[start : start + MAX_SCORING_BATCH]
             t0 = time.perf_counter()
-            result = await asyncio.to_thread(model.scorer.score, chunk)
+            result = model.scorer.score(chunk)
             took = time.perf_counter() - t0
+            total += took
             m.scoring_latency.observe(took)
-            out.stages["score"] += took
             m.scoring_batch_size.observe(len(chunk))
             scores[start : start + len(chunk)] = result.score
             errors[start : start + len(chunk)] = result.sensor_error
-        out.count(m.windows_scored, len(idx))
-        with out.timed("detect"):
-            self._detect(assets, ts_ms, scores, errors, out)
+        return scores, errors, total
+
+    async def _drain(self, out: _Outgoing, scoring: deque[_Scoring], *, keep: int) -> None:
+        """Detect on scored windows, oldest first, until at most ``keep`` are being scored."""
+        detector = self.pipeline.detector
+        while len(scoring) > keep:
+            job = scoring[0]
+            t0 = time.perf_counter()
+            scores, errors, took = await job.future
+            out.stages["score_wait"] += time.perf_counter() - t0
+            scoring.popleft()
+            out.stages["score"] += took
+            out.count(self.metrics.windows_scored, len(job.assets))
+            if job.model is not self._model_in_use:
+                manifest = job.model.bundle.manifest
+                detector.set_model(
+                    threshold=job.model.threshold, model=job.model.ref, features=manifest.features
+                )
+                self._model_in_use = job.model
+            with out.timed("detect"):
+                self._detect(job.assets, job.ts_ms, scores, errors, out)
 
     def _detect(
         self,
@@ -985,7 +1059,7 @@ def _score_messages(
     return messages
 
 
-def _retrieve(future: asyncio.Future[object]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 

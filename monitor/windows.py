@@ -81,6 +81,29 @@ _MIN_PENDING: Final = 256
 _STATE_ARRAYS: Final = ("_count", "_head", "_last_ts", "_phase", "_part", "_used", "_seen")
 
 
+def _gather(
+    seq: npt.NDArray[np.float32], starts: npt.NDArray[np.intp], out: npt.NDArray[np.float32]
+) -> None:
+    """``out[k] = seq[starts[k] : starts[k] + L]`` for ``out`` of shape ``[n, L, F]``.
+
+    Each window is one contiguous run of ``L·F`` values in ``seq``'s memory, so it is copied
+    as one block through a strided view (no copy of ``seq``): about twice as fast as indexing
+    ``seq`` row by row, and ``np.take`` on a view would first copy every window of it.
+    """
+    n, length, n_features = out.shape
+    if n == 0:
+        return
+    seq = np.ascontiguousarray(seq)
+    itemsize = seq.itemsize
+    windows = np.lib.stride_tricks.as_strided(
+        seq.reshape(-1),
+        shape=(seq.shape[0] - length + 1, length * n_features),
+        strides=(n_features * itemsize, itemsize),
+        writeable=False,
+    )
+    out.reshape(n, length * n_features)[...] = windows[starts]
+
+
 class AppendResult(NamedTuple):
     """What :meth:`WindowStore.append` did with one block of readings."""
 
@@ -449,7 +472,7 @@ class WindowStore:
         if n_ready:
             p = pos_in[sel]
             i = self._reserve(n_ready)
-            np.take(seq, p[:, None] + np.arange(1 - L, 1), axis=0, out=self._pw[i : i + n_ready])
+            _gather(seq, p - (L - 1), self._pw[i : i + n_ready])
             self._pts[i : i + n_ready] = ts_ms[sel]
             self._ppart[i : i + n_ready] = partition
             self._poff[i : i + n_ready] = offsets[sel]
@@ -675,9 +698,8 @@ class WindowStore:
             # stale but never read, since windows there need e >= L - 1.
             seq = np.concatenate((vals[h + 1 : h + L], values))
             seq_offs = np.concatenate((offs[(h + self._tail) % L], offsets))
-            view = np.lib.stride_tricks.sliding_window_view(seq, L, axis=0).transpose(0, 2, 1)
             i = self._reserve(ready)
-            np.take(view, ends, axis=0, out=self._pw[i : i + ready], mode="clip")
+            _gather(seq, ends, self._pw[i : i + ready])
             self._pts[i : i + ready] = ts[js]
             self._ppart[i : i + ready] = partition
             self._poff[i : i + ready] = offsets[ends]

@@ -1,0 +1,243 @@
+"""Scoring in the worker thread overlaps the loop's next partition, and detection stays in order
+(no Kafka needed: consumer, producer and admin client are stand-ins, the model a stand-in that
+scores a window by its last reading)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+
+from monitor import service as service_module
+from monitor.config import Settings
+from monitor.detector import Detector, DetectorConfig
+from monitor.events import ModelRef
+from monitor.records import Decoder, DecoderConfig
+from monitor.scoring import Scores
+from monitor.service import Service, _Pipeline
+from monitor.windows import WindowStore
+
+FEATURES = ("a", "b")
+PARTITIONS = [TopicPartition("readings", p) for p in range(3)]
+T0 = 1_767_225_600_000
+LENGTH = 4
+STEPS = 7  # per asset: windows end at steps 3..6
+
+
+def _record(tp: TopicPartition, offset: int, asset: str, step: int) -> ConsumerRecord[bytes, bytes]:
+    # Sensor "a" carries the step, so a window's score (its last "a") names the window.
+    value = json.dumps({"asset": asset, "ts": T0 + step * 1000, "values": [step, 0.0]}).encode()
+    return ConsumerRecord(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        timestamp=T0,
+        timestamp_type=0,
+        key=asset.encode(),
+        value=value,
+        checksum=None,
+        serialized_key_size=len(asset),
+        serialized_value_size=len(value),
+        headers=(),
+    )
+
+
+def _batch() -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    batch = {}
+    for tp in PARTITIONS:
+        assets = [f"p{tp.partition}-{i}" for i in range(2)]
+        records = [
+            _record(tp, 10 * step + i, asset, step)
+            for step in range(STEPS)
+            for i, asset in enumerate(assets)
+        ]
+        batch[tp] = records
+    return batch
+
+
+class _Consumer:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def getmany(self, **_: Any) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        self.service.request_stop()  # one pass of the loop
+        return _batch()
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(PARTITIONS)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None
+
+    async def stop(self) -> None:
+        pass
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.offsets: list[dict[TopicPartition, tuple[int, str]]] = []
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        yield
+
+    async def send_offsets_to_transaction(
+        self, offsets: dict[TopicPartition, tuple[int, str]], group_id: str
+    ) -> None:
+        self.offsets.append(offsets)
+
+    async def send(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("nothing is sent: no alerts, no scores topic")
+
+    async def stop(self) -> None:
+        pass
+
+
+class _Admin:
+    async def list_consumer_group_offsets(self, group_id: str, partitions: Any) -> dict[Any, Any]:
+        return {}
+
+    async def close(self) -> None:
+        pass
+
+
+class _Scorer:
+    """Scores a window by its last reading of sensor "a"; ``hold`` runs before each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.threads: set[int] = set()
+        self.hold: Any = None
+
+    def score(self, windows: npt.NDArray[np.float32]) -> Scores:
+        self.threads.add(threading.get_ident())
+        self.calls.append(len(windows))
+        if self.hold is not None:
+            self.hold(len(self.calls))
+        return Scores(
+            score=windows[:, -1, 0].copy(), sensor_error=np.ones((len(windows), 2), np.float32)
+        )
+
+
+def _service(tmp_path: Path) -> tuple[Service, _Scorer, _Producer, list[tuple[str, int, float]]]:
+    service = Service(Settings.model_validate({"model": {"path": str(tmp_path)}}))
+    detector = Detector(
+        DetectorConfig(k=1, n=1, m=5),
+        threshold=1000.0,  # no alerts: the scores are the steps
+        features=FEATURES,
+        model=ModelRef("m", "1", "0" * 64),
+    )
+    observed: list[tuple[str, int, float]] = []
+    observe = detector.observe
+
+    def recording(assets: Any, ts_ms: Any, scores: Any, errors: Any) -> Any:
+        observed.extend(zip(assets, ts_ms.tolist(), scores.tolist(), strict=True))
+        return observe(assets, ts_ms, scores, errors)
+
+    detector.observe = recording  # type: ignore[method-assign]
+    service._pipeline = _Pipeline(
+        decoder=Decoder(DecoderConfig(features=FEATURES)),
+        store=WindowStore(length=LENGTH, n_features=2, interval_ms=1000),
+        detector=detector,
+    )
+    scorer = _Scorer()
+    manifest = SimpleNamespace(n_features=2, features=FEATURES)
+    model = SimpleNamespace(
+        scorer=scorer,
+        bundle=SimpleNamespace(manifest=manifest),
+        threshold=1000.0,
+        ref=ModelRef("m", "1", "0" * 64),
+    )
+    service.models = SimpleNamespace(current=model)  # type: ignore[assignment]
+    producer = _Producer()
+    service._consumer = _Consumer(service)  # type: ignore[assignment]
+    service._producer = producer  # type: ignore[assignment]
+    service._admin = _Admin()  # type: ignore[assignment]
+    service._started = True
+    return service, scorer, producer, observed
+
+
+def _expected() -> list[tuple[str, int, float]]:
+    """Every window, in the order of the batch: partition by partition, reading by reading."""
+    return [
+        (f"p{tp.partition}-{i}", T0 + step * 1000, float(step))
+        for tp in PARTITIONS
+        for step in range(LENGTH - 1, STEPS)
+        for i in range(2)
+    ]
+
+
+async def test_every_window_is_detected_once_in_batch_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "OVERLAP_WINDOWS", 1)  # hand over every partition
+    service, scorer, producer, observed = _service(tmp_path)
+    try:
+        await service.run()
+    finally:
+        await service.stop()
+    assert scorer.calls == [8, 8, 8]
+    assert threading.get_ident() not in scorer.threads
+    assert observed == _expected()
+    assert [sorted(o) for o in producer.offsets] == [sorted(PARTITIONS)]
+
+
+async def test_the_next_partition_is_prepared_while_the_last_one_is_scored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first scoring call waits until the loop has appended the second partition's
+    # readings: it would wait in vain (and fail) if the loop waited for the scores first.
+    monkeypatch.setattr(service_module, "OVERLAP_WINDOWS", 1)
+    service, scorer, _, observed = _service(tmp_path)
+    appended = threading.Event()
+    store = service.pipeline.store
+    append_many = store.append_many
+
+    def append_and_tell(*args: Any, **kwargs: Any) -> Any:
+        got = append_many(*args, **kwargs)
+        if args[4] == service._slot(PARTITIONS[1]):
+            appended.set()
+        return got
+
+    def hold(call: int) -> None:
+        if call == 1 and not appended.wait(timeout=10):
+            raise AssertionError("the loop waited for the scores before going on")
+
+    store.append_many = append_and_tell  # type: ignore[method-assign]
+    scorer.hold = hold
+    try:
+        await service.run()
+    finally:
+        await service.stop()
+    assert observed == _expected()
+
+
+async def test_a_scoring_error_stops_the_loop_and_commits_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "OVERLAP_WINDOWS", 1)
+    service, scorer, producer, observed = _service(tmp_path)
+
+    def fail(call: int) -> None:
+        if call == 2:
+            raise RuntimeError("ONNX Runtime failed")
+
+    scorer.hold = fail
+    try:
+        with pytest.raises(RuntimeError, match="ONNX Runtime failed"):
+            await service.run()
+    finally:
+        await service.stop()
+    # The first partition's windows were detected; nothing was committed, so the batch is
+    # read again after a restart.
+    assert observed == _expected()[:8]
+    assert producer.offsets == []

@@ -76,6 +76,9 @@ LATENCY_SAMPLES = 256
 #: this long before trying again; warn about it at most this often per partition.
 BARE_COMMIT_RETRY_S = 30.0
 BARE_COMMIT_WARN_S = 600.0
+#: Live readings refused by ``windows.max_assets`` are logged at most this often, with the
+#: count since the last line (the dead-letter topic has each message).
+CAP_WARN_S = 60.0
 #: How often the broker is probed for /readyz.
 PROBE_INTERVAL_S = 5.0
 
@@ -236,6 +239,9 @@ class Service(Lifecycle):
         idle = settings.windows.idle_timeout_s
         self._expiry_period_s = math.inf if idle is None else max(idle, 1.0)
         self._next_expiry = time.monotonic() + self._expiry_period_s
+        #: Readings refused by windows.max_assets since the last warning; when the next may be.
+        self._refused = 0
+        self._next_cap_warning = -math.inf
 
     @property
     def pipeline(self) -> _Pipeline:
@@ -654,6 +660,8 @@ class Service(Lifecycle):
             out.count(m.readings.labels(outcome), count)
         for kind, count in (("carried_forward", tally.carried), ("window_reset", tally.resets)):
             out.count(m.data_quality.labels(kind), count)
+        if tally.rejected["asset_limit"]:
+            self._warn_refused(tally.rejected["asset_limit"])
         # Counted once committed: "consumed" means fully handled.
         for tp, records in batch.items():
             out.count(m.messages.labels(tp.topic), len(records))
@@ -734,6 +742,26 @@ class Service(Lifecycle):
             self._position[tp] = offset + 1
             if self._replay_through.get(tp, -1) <= offset:
                 self._replay_through.pop(tp, None)
+
+    def _warn_refused(self, readings: int) -> None:
+        """Say, at most every CAP_WARN_S, that the asset cap refuses live readings: otherwise
+        only a dead-letter reason and a counter label show that a plant outgrew it."""
+        self._refused += readings
+        now = time.monotonic()
+        if now < self._next_cap_warning:
+            return
+        w = self.settings.windows
+        since = "" if self._next_cap_warning == -math.inf else " since the last such warning"
+        logger.warning(
+            "windows.max_assets (%d) reached: %d readings of new assets refused%s, "
+            "dead-lettered as asset_limit; raise windows.max_assets%s",
+            w.max_assets,
+            self._refused,
+            since,
+            " or set windows.overflow: evict_idle" if w.overflow == "reject" else "",
+        )
+        self._refused = 0
+        self._next_cap_warning = now + CAP_WARN_S
 
     def _expire_idle(self) -> None:
         """Drop assets silent for ``windows.idle_timeout_s`` (see WindowStore.expire_idle):

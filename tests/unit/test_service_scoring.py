@@ -1,11 +1,12 @@
-"""Scoring in the worker thread overlaps the loop's next partition, and detection stays in order
-(no Kafka needed: consumer, producer and admin client are stand-ins, the model a stand-in that
-scores a window by its last reading)."""
+"""Scoring in the worker thread overlaps the loop's next partition, and detection stays in order;
+the warning when the asset cap refuses live readings (no Kafka needed: consumer, producer and
+admin client are stand-ins, the model a stand-in that scores a window by its last reading)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -128,8 +129,11 @@ class _Scorer:
         )
 
 
-def _service(tmp_path: Path) -> tuple[Service, _Scorer, _Producer, list[tuple[str, int, float]]]:
-    service = Service(Settings.model_validate({"model": {"path": str(tmp_path)}}))
+def _service(
+    tmp_path: Path, max_assets: int = 100_000
+) -> tuple[Service, _Scorer, _Producer, list[tuple[str, int, float]]]:
+    settings = {"model": {"path": str(tmp_path)}, "windows": {"max_assets": max_assets}}
+    service = Service(Settings.model_validate(settings))
     detector = Detector(
         DetectorConfig(k=1, n=1, m=5),
         threshold=1000.0,  # no alerts: the scores are the steps
@@ -146,7 +150,7 @@ def _service(tmp_path: Path) -> tuple[Service, _Scorer, _Producer, list[tuple[st
     detector.observe = recording  # type: ignore[method-assign]
     service._pipeline = _Pipeline(
         decoder=Decoder(DecoderConfig(features=FEATURES)),
-        store=WindowStore(length=LENGTH, n_features=2, interval_ms=1000),
+        store=WindowStore(length=LENGTH, n_features=2, interval_ms=1000, max_assets=max_assets),
         detector=detector,
     )
     scorer = _Scorer()
@@ -241,3 +245,44 @@ async def test_a_scoring_error_stops_the_loop_and_commits_nothing(
     # read again after a restart.
     assert observed == _expected()[:8]
     assert producer.offsets == []
+
+
+async def test_refusals_by_the_asset_cap_are_logged_at_most_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Six assets, room for four: the last partition's two are refused (7 readings each).
+    service, _, _, _ = _service(tmp_path, max_assets=4)
+    with caplog.at_level(logging.WARNING, logger="monitor.service"):
+        await service._process(_batch())
+        await service._process(_batch_later(STEPS))  # within the minute: counted, not logged
+    lines = [r.getMessage() for r in caplog.records if "max_assets" in r.getMessage()]
+    assert lines == [
+        "windows.max_assets (4) reached: 14 readings of new assets refused, dead-lettered as "
+        "asset_limit; raise windows.max_assets or set windows.overflow: evict_idle"
+    ]
+    assert service._refused == 14
+    reasons = [dict(headers)["plantwatch.reason"] for _, _, headers in service._open.dead_letters]
+    assert reasons == [b"asset_limit"] * 28
+
+    caplog.clear()
+    service._next_cap_warning = 0.0  # the minute is over
+    with caplog.at_level(logging.WARNING, logger="monitor.service"):
+        await service._process(_batch_later(2 * STEPS))
+    lines = [r.getMessage() for r in caplog.records if "max_assets" in r.getMessage()]
+    assert lines == [
+        "windows.max_assets (4) reached: 28 readings of new assets refused since the last such "
+        "warning, dead-lettered as asset_limit; raise windows.max_assets or set "
+        "windows.overflow: evict_idle"
+    ]
+
+
+def _batch_later(steps: int) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    """The same assets, ``steps`` steps (and offsets) later."""
+    return {
+        tp: [
+            _record(tp, r.offset + 10 * steps, r.key.decode(), step + steps)
+            for r, step in zip(records, (s for s in range(STEPS) for _ in range(2)), strict=True)
+            if r.key is not None
+        ]
+        for tp, records in _batch().items()
+    }

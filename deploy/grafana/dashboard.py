@@ -182,17 +182,19 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "bars",
                 (
                     Target(
-                        f"sum by (stage) (rate(plantwatch_batch_stage_seconds_sum{{{SEL}}}[{RI}]))",
+                        "sum by (stage) (rate(plantwatch_batch_stage_seconds_sum"
+                        f'{{{SEL},stage!="score"}}[{RI}]))',
                         "{{stage}}",
                     ),
                 ),
                 w=24,
                 unit="percentunit",
-                description="Share of wall-clock time the data path spends in each stage: "
-                "decode, windows, score, detect, commit (the Kafka transaction, one per "
-                "input.commit_interval_ms of batches). Stacked, the total is how busy the "
-                "consume loop is per instance summed over instances; near 100 % per instance "
-                "it is the bottleneck.",
+                description="Share of wall-clock time the consume loop spends in each stage: "
+                "decode, windows, score_wait (waiting for the scoring thread, which scores "
+                "one batch while the loop prepares the next), detect, commit (the Kafka "
+                "transaction, one per input.commit_interval_ms of batches). Stacked, the total "
+                "is how busy the loop is per instance summed over instances; near 100 % per "
+                "instance it is the bottleneck, and a large score_wait means scoring is.",
             ),
         ),
     ),

@@ -227,7 +227,11 @@ class Soak:
                 "topics": ["soak.readings"],
                 "group_id": "soak",
                 "dead_letter_topic": "soak.dlq",
-                "commit_interval_ms": args.commit_interval,
+                **(
+                    {}
+                    if args.commit_interval is None
+                    else {"commit_interval_ms": args.commit_interval}
+                ),
             },
             "model": {"path": str(self.model_dir), "device": "cpu", "threads": 1},
             "windows": {"max_assets": 20},
@@ -1028,8 +1032,8 @@ def main() -> int:
     parser.add_argument(
         "--commit-interval",
         type=int,
-        default=0,
-        help="the instances' input.commit_interval_ms (0: one transaction per batch)",
+        help="the instances' input.commit_interval_ms (default: the service's own; 0: one "
+        "transaction per batch)",
     )
     parser.add_argument("--bundle", type=Path)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/reliability.md")

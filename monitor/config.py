@@ -71,13 +71,12 @@ class InputSettings(_Section):
     fetch_max_records: int = Field(default=5_000, ge=1)
     fetch_timeout_ms: int = Field(default=100, ge=1)
     #: Batches handled within this interval are committed together (one Kafka transaction:
-    #: alert events, dead letters, offsets); 0 (the default) commits every batch. As Kafka
-    #: Streams' exactly-once ``commit.interval.ms``: fewer transactions cost less per reading,
-    #: but alert events become visible to ``read_committed`` consumers up to this much later,
-    #: and a crash re-reads up to this much more. Experimental: a 20-minute soak with 100 ms
-    #: left one partition's readings of 14 s unscored after a graceful stop (not yet
-    #: explained; bench/results/reliability.md), so it is off by default.
-    commit_interval_ms: int = Field(default=0, ge=0, le=60_000)
+    #: alert events, dead letters, offsets); 0 commits every batch. As Kafka Streams'
+    #: exactly-once ``commit.interval.ms`` (whose default is also 100 ms): fewer transactions
+    #: cost less per reading, but alert events become visible to ``read_committed`` consumers
+    #: up to this much later, and a crash re-reads up to this much more. What is open is
+    #: committed before a rebalance or a stop moves the partitions.
+    commit_interval_ms: int = Field(default=100, ge=0, le=60_000)
 
     @model_validator(mode="after")
     def _topics(self) -> InputSettings:

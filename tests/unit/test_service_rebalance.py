@@ -11,7 +11,6 @@ windows ending there were never scored.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from monitor.events import ModelRef
 from monitor.records import Decoder, DecoderConfig
 from monitor.service import Service, _Pipeline, _Rebalance
 from monitor.windows import WindowStore
+from tests.stand_ins import json_record
 
 FEATURES = ("a", "b")
 TP = TopicPartition("readings", 0)
@@ -32,20 +32,7 @@ T0 = 1_767_225_600_000
 
 
 def _record(offset: int, asset: str, step: int) -> ConsumerRecord[bytes, bytes]:
-    value = json.dumps({"asset": asset, "ts": T0 + step * 1000, "values": [1.0, 2.0]}).encode()
-    return ConsumerRecord(
-        topic=TP.topic,
-        partition=TP.partition,
-        offset=offset,
-        timestamp=T0,
-        timestamp_type=0,
-        key=asset.encode(),
-        value=value,
-        checksum=None,
-        serialized_key_size=len(asset),
-        serialized_value_size=len(value),
-        headers=(),
-    )
+    return json_record(TP, offset, asset, T0 + step * 1000, [1.0, 2.0])
 
 
 class _Consumer:

@@ -5,7 +5,6 @@ admin client are stand-ins, the model a stand-in that scores a window by its las
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from monitor.records import Decoder, DecoderConfig
 from monitor.scoring import Scores
 from monitor.service import Service, _Pipeline
 from monitor.windows import WindowStore
+from tests.stand_ins import json_record
 
 FEATURES = ("a", "b")
 PARTITIONS = [TopicPartition("readings", p) for p in range(3)]
@@ -36,20 +36,7 @@ STEPS = 7  # per asset: windows end at steps 3..6
 
 def _record(tp: TopicPartition, offset: int, asset: str, step: int) -> ConsumerRecord[bytes, bytes]:
     # Sensor "a" carries the step, so a window's score (its last "a") names the window.
-    value = json.dumps({"asset": asset, "ts": T0 + step * 1000, "values": [step, 0.0]}).encode()
-    return ConsumerRecord(
-        topic=tp.topic,
-        partition=tp.partition,
-        offset=offset,
-        timestamp=T0,
-        timestamp_type=0,
-        key=asset.encode(),
-        value=value,
-        checksum=None,
-        serialized_key_size=len(asset),
-        serialized_value_size=len(value),
-        headers=(),
-    )
+    return json_record(tp, offset, asset, T0 + step * 1000, [step, 0.0])
 
 
 def _batch() -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:

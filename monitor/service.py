@@ -5,8 +5,9 @@ Per ``getmany`` batch::
     records ─ decode/validate ─┬─ rejected ─────────────────────────────┐
                                └─ window store ─ ready windows           │
                                     └─ score (worker thread) ─ detector  │
-                                       (overlaps the next chunk's decode │
-                                        and windows; detected in order)  │
+                                       (overlaps the next chunk's, or    │
+                                        the next batch's, decode and     │
+                                        windows; detected in order)      │
                                           └─ alert events ──┐            │
     one Kafka transaction:  alerts topic  ◄─────────────────┘            │
     (the batches of up to   dead-letter topic  ◄─────────────────────────┘
@@ -65,11 +66,14 @@ logger = logging.getLogger(__name__)
 MAX_SCORING_BATCH = 8192
 #: Windows made ready at a time (bytes): larger batches are appended and scored in chunks of
 #: about this size, but at least MIN_CHUNK_READINGS readings.
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 8 << 20
 MIN_CHUNK_READINGS = 1024
 #: Ready windows handed to the scoring thread as soon as a partition's records leave this many
 #: pending, so that ONNX Runtime scores them while the loop decodes the next partition.
 OVERLAP_WINDOWS = 1024
+#: Jobs of ready windows the loop may hand to the scoring thread before it waits for the
+#: oldest: more than one keeps the thread busy while the loop's work per job varies.
+SCORING_AHEAD = 2
 #: Windows per batch whose end-to-end latency is observed (an even sample).
 LATENCY_SAMPLES = 256
 #: After the alert state did not fit in a partition's commit metadata, commit without it for
@@ -230,6 +234,11 @@ class Service(Lifecycle):
         self._reassigning = False
         #: What the batches handled since the last commit produced (None: nothing).
         self._open: _Outgoing | None = None
+        #: Windows of ``_open`` handed to the scoring thread and not yet detected, oldest
+        #: first. A batch leaves its last job here, scored while the next batch is fetched,
+        #: decoded and windowed; it is detected before that batch's first, before a commit, or
+        #: as soon as no records are waiting (see run()).
+        self._scoring: deque[_Scoring] = deque()
         #: Per assigned partition: the last commit known to have succeeded, (offset, metadata).
         self._last_commit: dict[TopicPartition, tuple[int, str]] = {}
         #: Per partition: commit without alert state until then (it did not fit); last warning.
@@ -361,9 +370,7 @@ class Service(Lifecycle):
             if self._open is not None:  # wake up in time to commit what is open
                 due_in = self._open.since + s.commit_interval_ms / 1000 - time.monotonic()
                 timeout_ms = max(0, min(timeout_ms, math.ceil(due_in * 1000)))
-            batch = await self._consumer.getmany(
-                timeout_ms=timeout_ms, max_records=s.fetch_max_records
-            )
+            batch = await self._fetch(timeout_ms)
             async with self._batch_lock:
                 if self._reassigning:
                     # Fetched under the old assignment, and a revocation ran while this loop
@@ -400,6 +407,26 @@ class Service(Lifecycle):
             except _NotCommittedError as exc:
                 logger.warning("%s; read again from the last commit after a restart", exc)
 
+    async def _fetch(
+        self, timeout_ms: int
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """The next batch of records. While windows of the last batch are being scored, the
+        records already fetched are taken without waiting; if there are none, those windows are
+        detected first, so that waiting for new records never delays their alerts."""
+        assert self._consumer is not None
+        max_records = self.settings.input.fetch_max_records
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+        if self._scoring:
+            batch = await self._consumer.getmany(timeout_ms=0, max_records=max_records)
+            if batch:
+                return batch
+            async with self._batch_lock:
+                if self._open is not None:
+                    await self._drain(self._open, self._scoring, keep=0)
+                    self._observe_stages(self._open)
+        batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return batch
+
     def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
         instance = s.instance_id or socket.gethostname()
@@ -423,6 +450,7 @@ class Service(Lifecycle):
         """
         logger.warning("batch not committed (%s); rewinding to the last commit", cause)
         self._open = None
+        self._abandon_scoring()
         self.metrics.batch_rewinds.inc()
         assert self._consumer is not None
         delay = 0.5
@@ -641,8 +669,9 @@ class Service(Lifecycle):
         # Counted locally and added to the metrics once per batch, not once per record.
         tally = _Tally()
         last_offset: dict[TopicPartition, int] = {}
-        # Windows being scored in the worker thread while the loop goes on (see _submit).
-        scoring: deque[_Scoring] = deque()
+        # Windows being scored in the worker thread while the loop goes on (see _submit); the
+        # last job stays there, scored while the next batch is fetched.
+        scoring = self._scoring
         try:
             for tp, records in batch.items():
                 await self._append_partition(tp, records, out, scoring, tally)
@@ -651,10 +680,9 @@ class Service(Lifecycle):
                     await self._submit(p.store.collect(), out, scoring)
             if p.store.pending:
                 await self._submit(p.store.collect(), out, scoring)
-            await self._drain(out, scoring, keep=0)
-        finally:
-            for job in scoring:  # left by an exception: nobody awaits them now
-                job.future.add_done_callback(_retrieve)
+        except BaseException:
+            self._abandon_scoring()
+            raise
         outcomes = (("ok", tally.ok), ("invalid", tally.invalid), *tally.rejected.items())
         for outcome, count in outcomes:
             out.count(m.readings.labels(outcome), count)
@@ -666,9 +694,7 @@ class Service(Lifecycle):
         for tp, records in batch.items():
             out.count(m.messages.labels(tp.topic), len(records))
         out.last_offset.update(last_offset)
-        for stage, seconds in out.stages.items():
-            m.batch_stage.labels(stage).observe(seconds)
-        out.stages.clear()
+        self._observe_stages(out)
         if time.monotonic() >= self._next_expiry:
             self._expire_idle()
         m.tracked_assets.set(len(p.store))
@@ -726,13 +752,31 @@ class Service(Lifecycle):
             if p.store.pending >= self._chunk_readings():
                 await self._submit(p.store.collect(), out, scoring)
 
+    def _observe_stages(self, out: _Outgoing) -> None:
+        for stage, seconds in out.stages.items():
+            self.metrics.batch_stage.labels(stage).observe(seconds)
+        out.stages.clear()
+
+    def _abandon_scoring(self) -> None:
+        """Forget the windows being scored (their batches will be read again)."""
+        for job in self._scoring:  # nobody awaits them now
+            job.future.add_done_callback(_retrieve)
+        self._scoring.clear()
+
     async def _flush(self) -> None:
         """Commit the batches handled since the last commit, in one transaction: their alert
         events, scores and dead letters, each partition's offset and alert state. Raises
         :class:`_NotCommittedError` (the batches are then dropped, the caller rewinds)."""
-        out, self._open = self._open, None
-        if out is None:
+        if self._open is None:
             return
+        if self._scoring:
+            try:
+                await self._drain(self._open, self._scoring, keep=0)
+            except BaseException:
+                self._abandon_scoring()
+                raise
+            self._observe_stages(self._open)
+        out, self._open = self._open, None
         t0 = time.perf_counter()
         await self._commit(out, out.last_offset)
         self.metrics.batch_stage.labels("commit").observe(time.perf_counter() - t0)
@@ -849,8 +893,9 @@ class Service(Lifecycle):
 
     async def _submit(self, ready: ReadyBatch, out: _Outgoing, scoring: deque[_Scoring]) -> None:
         """Hand ready windows to the scoring thread; then detect what was handed over before
-        them, so that one batch is scored while the loop prepares the next (ONNX Runtime
-        releases the GIL). Events come in the order of the windows either way."""
+        them, all but the last SCORING_AHEAD jobs, so that windows are scored while the loop
+        prepares the next (ONNX Runtime releases the GIL). Events come in the order of the
+        windows either way."""
         # Windows that end at a reading scored before the restart only rebuild state.
         keep = np.ones(len(ready), dtype=bool)
         if self._replay_through:
@@ -870,7 +915,7 @@ class Service(Lifecycle):
             )
             assets = ready.assets if whole else [ready.assets[i] for i in idx]
             scoring.append(_Scoring(assets, ready.ts_ms[idx], model, future))
-        await self._drain(out, scoring, keep=1)
+        await self._drain(out, scoring, keep=SCORING_AHEAD)
 
     def _score_windows(
         self, model: LoadedModel, windows: npt.NDArray[np.float32]

@@ -273,3 +273,85 @@ def _batch_later(steps: int) -> dict[TopicPartition, list[ConsumerRecord[bytes, 
         ]
         for tp, records in _batch().items()
     }
+
+
+class _Batches(_Consumer):
+    """Hands out the given batches, one per ``getmany``, then stops the loop; records each
+    call's ``timeout_ms`` and, with ``on_wait``, runs it before a call that may wait."""
+
+    def __init__(self, service: Service, *batches: Any, on_wait: Any = None) -> None:
+        super().__init__(service)
+        self.batches = list(batches)
+        self.timeouts: list[int] = []
+        self.on_wait = on_wait
+
+    async def getmany(
+        self, **kwargs: Any
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        self.timeouts.append(kwargs["timeout_ms"])
+        if kwargs["timeout_ms"] and self.on_wait is not None:
+            self.on_wait()
+        if not self.batches:
+            self.service.request_stop()
+            return {}
+        batch = self.batches.pop(0)
+        return batch if batch is not None else {}
+
+
+async def test_the_last_windows_of_a_batch_are_scored_while_the_next_is_prepared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batch's last scoring call waits until the loop has appended readings of the next
+    # batch: it would wait in vain if every batch were drained before the next getmany.
+    monkeypatch.setattr(service_module, "OVERLAP_WINDOWS", 1)
+    service, scorer, producer, observed = _service(tmp_path)
+    consumer = _Batches(service, _batch(), _batch_later(STEPS))
+    service._consumer = consumer  # type: ignore[assignment]
+    next_batch = threading.Event()
+    store = service.pipeline.store
+    append_many = store.append_many
+
+    def append_and_tell(*args: Any, **kwargs: Any) -> Any:
+        if int(args[1][0]) >= T0 + STEPS * 1000:
+            next_batch.set()
+        return append_many(*args, **kwargs)
+
+    def hold(call: int) -> None:
+        if call == 3 and not next_batch.wait(timeout=10):
+            raise AssertionError("the loop detected the whole batch before fetching the next")
+
+    store.append_many = append_and_tell  # type: ignore[method-assign]
+    scorer.hold = hold
+    try:
+        await service.run()
+    finally:
+        await service.stop()
+    # The next batch's assets continue their windows: every step of it ends one.
+    assert observed[: len(_expected())] == _expected()
+    assert [o[:2] for o in observed[len(_expected()) :]] == [
+        (f"p{tp.partition}-{i}", T0 + step * 1000)
+        for tp in PARTITIONS
+        for step in range(STEPS, 2 * STEPS)
+        for i in range(2)
+    ]
+    assert consumer.timeouts[1] == 0  # records waiting were taken without a wait
+    assert len(producer.offsets) == 1
+
+
+async def test_windows_left_in_the_scoring_thread_are_detected_before_waiting_for_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No records waiting after the batch: its last windows must be detected before the loop
+    # waits for new records (up to fetch_timeout_ms), or their alerts would wait too.
+    monkeypatch.setattr(service_module, "OVERLAP_WINDOWS", 1)
+    service, _, _, observed = _service(tmp_path)
+    seen_before_wait: list[int] = []
+    consumer = _Batches(service, _batch(), on_wait=lambda: seen_before_wait.append(len(observed)))
+    service._consumer = consumer  # type: ignore[assignment]
+    try:
+        await service.run()
+    finally:
+        await service.stop()
+    assert consumer.timeouts[1] == 0  # asked whether records were waiting; none were
+    assert seen_before_wait[-1] == len(_expected())
+    assert observed == _expected()

@@ -4,8 +4,8 @@
     python bench/performance.py --smoke          # seconds; used by the test suite
 
 Against the local Kafka broker (``deploy/local/kafka.py start``, or ``KAFKA_BOOTSTRAP_SERVERS``)
-it pre-fills readings topics (synthetic random-walk readings of many assets; the JSON-single,
-JSON-batch and binary wire formats) and measures, for each:
+it pre-fills readings topics (synthetic readings of many assets: stationary drifts plus noise;
+the JSON-single, JSON-batch and binary wire formats) and measures, for each:
 
 1. **consume limit**: raw aiokafka ``getmany`` of the same topic, no processing;
 2. **scoring limit**: ONNX Runtime windows/s on pre-built windows at the service's batch sizes;
@@ -81,14 +81,37 @@ class Row:
 # --- data and bundles ------------------------------------------------------------------------
 
 
+#: Autocorrelation of the synthetic drifts (see synthetic).
+AR_PHI = 0.99
+
+
 def synthetic(n_assets: int, steps: int, n_features: int, seed: int = 0) -> np.ndarray:
-    """[steps, assets, features] float32 random walks around per-asset levels."""
+    """[steps, assets, features] float32: slow mean-reverting drifts (AR(1), φ = 0.99) plus
+    noise around one operating level.
+
+    Stationary, so however many steps a topic holds its readings look like the training data
+    and alerts stay rare (a random walk would wander off and alert more the longer the topic).
+    One level for every asset: the bundle trained on a few of them fits all, as in a plant of
+    similar machines.
+    """
     rng = np.random.default_rng(seed)
-    # One level for every asset: the bundle trained on a few of them fits all, so alerts stay
-    # rare, as in a plant of similar machines.
     level = np.random.default_rng(0).uniform(1, 100, size=(1, 1, n_features))
-    walk = np.cumsum(rng.normal(0, 0.05, size=(steps, n_assets, n_features)), axis=0)
-    return (level + walk + rng.normal(0, 0.1, size=walk.shape)).astype(np.float32)
+    shocks = rng.normal(0, 0.05, size=(steps, n_assets, n_features))
+    drift = np.empty_like(shocks)
+    drift[0] = shocks[0] / math.sqrt(1 - AR_PHI**2)  # drawn from the stationary distribution
+    for t in range(1, steps):
+        drift[t] = AR_PHI * drift[t - 1] + shocks[t]
+    return (level + drift + rng.normal(0, 0.1, size=drift.shape)).astype(np.float32)
+
+
+def with_rare_faults(values: np.ndarray, every: int = 100, steps: int = 60) -> np.ndarray:
+    """``values`` [steps, assets, features] with a step fault (+3 on the first sensor, about
+    eight times its normal spread) for ``steps`` readings mid-topic on every ``every``-th asset:
+    the alerts of the throughput runs are enabled and rare, not absent."""
+    out = values.copy()
+    mid = values.shape[0] // 2
+    out[mid : mid + steps, ::every, 0] += 3.0
+    return out
 
 
 def train_bundle(workdir: Path, family: str, n_features: int, window: int) -> Bundle:
@@ -277,8 +300,17 @@ async def start_service(
     return service, asyncio.create_task(service.run())
 
 
-async def plantwatch_run(bootstrap: str, topic: str, bundle: Bundle, n_messages: int) -> float:
-    """Seconds for the real service to consume, score and commit every message of ``topic``."""
+@dataclass(frozen=True)
+class PipelineRun:
+    seconds: float
+    windows: int  # scored
+    alert_events: int  # on the alerts topic, by event type
+
+
+async def plantwatch_run(
+    bootstrap: str, topic: str, bundle: Bundle, n_messages: int
+) -> PipelineRun:
+    """The real service consuming, scoring and committing every message of ``topic``."""
     service, task = await start_service(bootstrap, topic, bundle, fetch_max_records=5000)
     try:
         started = time.perf_counter()
@@ -288,7 +320,15 @@ async def plantwatch_run(bootstrap: str, topic: str, bundle: Bundle, n_messages:
                 or 0.0
             )
             if done >= n_messages:
-                return time.perf_counter() - started
+                seconds = time.perf_counter() - started
+                events = sum(
+                    sample.value
+                    for metric in service.registry.collect()
+                    if metric.name == "plantwatch_alert_events"
+                    for sample in metric.samples
+                    if sample.name.endswith("_total")
+                )
+                return PipelineRun(seconds, int(_scored(service)), int(events))
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
@@ -933,7 +973,7 @@ async def main(args: argparse.Namespace) -> int:
         }
         dense = bundles["dense"]
         features = list(dense.manifest.features)
-        values = synthetic(args.assets, args.steps, n_features)
+        values = with_rare_faults(synthetic(args.assets, args.steps, n_features))
         readings = values.shape[0] * values.shape[1]
         say(f"## {n_features} sensors, {readings:,} readings per topic\n")
         scoring = {
@@ -952,6 +992,7 @@ async def main(args: argparse.Namespace) -> int:
             "| pw / serial | pw / naive |"
         )
         say("|---|---|---|---|---|---|---|")
+        scored: list[str] = []
         for fmt in args.formats:
             topic = f"bench-{fmt}-{n_features}-{uuid.uuid4().hex[:6]}"
             msgs = messages(fmt, features, values, t0=1_767_225_600_000)
@@ -959,9 +1000,8 @@ async def main(args: argparse.Namespace) -> int:
             consume, pw, naive = Row("consume"), Row("plantwatch"), Row("naive")
             for _ in range(args.runs):
                 consume.values.append(readings / await consume_limit(bootstrap, topic, len(msgs)))
-                pw.values.append(
-                    readings / await plantwatch_run(bootstrap, topic, dense, len(msgs))
-                )
+                run = await plantwatch_run(bootstrap, topic, dense, len(msgs))
+                pw.values.append(readings / run.seconds)
                 if fmt != "binary":
                     naive.values.append(
                         readings / await naive_run(bootstrap, topic, dense, len(msgs))
@@ -978,8 +1018,14 @@ async def main(args: argparse.Namespace) -> int:
                 "serial": serial,
                 "plantwatch": pw.median,
                 "naive": naive.median if naive.values else None,
+                "windows": run.windows,
+                "alert_events": run.alert_events,
             }
-        say("\nReadings/s. The naive loop has no binary decoder, so it only reads JSON.\n")
+            scored.append(f"{fmt} {run.windows:,} windows, {run.alert_events:,} alert events")
+        say(
+            "\nReadings/s. The naive loop has no binary decoder, so it only reads JSON. "
+            f"Per plantwatch run: {'; '.join(scored)}.\n"
+        )
         if latency_bundle is None:
             latency_bundle = dense
         trained[(args.window, n_features)] = dense
@@ -1008,7 +1054,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for tests)")
     p.add_argument("--assets", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=500, help="readings per asset")
+    p.add_argument(
+        "--steps", type=int, default=2000, help="readings per asset (default: 2 M readings)"
+    )
     p.add_argument("--sensors", type=lambda s: [int(x) for x in s.split(",")], default=[8, 16])
     p.add_argument("--window", type=int, default=32)
     p.add_argument("--partitions", type=int, default=4)

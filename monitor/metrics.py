@@ -43,7 +43,8 @@ class Metrics:
     ) -> None:
         self.registry = registry
         self.max_asset_labels = max_asset_labels
-        self._labelled_assets: set[str] = set()
+        #: Asset -> its score gauge's child (looked up once, not per window).
+        self._labelled_assets: dict[str, Gauge] = {}
         self._unlabelled_assets: set[str] = set()
         p = PREFIX
         r = registry
@@ -170,21 +171,33 @@ class Metrics:
 
     def set_asset_score(self, asset: str, score: float) -> None:
         """Update an asset's score gauge, within the label cap."""
-        if asset not in self._labelled_assets:
-            if asset in self._unlabelled_assets:
-                return
-            if len(self._labelled_assets) >= self.max_asset_labels:
-                self._unlabelled_assets.add(asset)
-                self.asset_labels_dropped.set(len(self._unlabelled_assets))
-                return
-            self._labelled_assets.add(asset)
-        self.anomaly_score.labels(asset).set(score)
+        self.set_asset_scores({asset: score})
+
+    def set_asset_scores(self, latest: dict[str, float]) -> None:
+        """Update the score gauges of many assets, within the label cap."""
+        gauges = self._labelled_assets
+        for asset, score in latest.items():
+            gauge = gauges.get(asset)
+            if gauge is None:
+                gauge = self._label(asset)
+                if gauge is None:
+                    continue
+            gauge.set(score)
+
+    def _label(self, asset: str) -> Gauge | None:
+        if asset in self._unlabelled_assets:
+            return None
+        if len(self._labelled_assets) >= self.max_asset_labels:
+            self._unlabelled_assets.add(asset)
+            self.asset_labels_dropped.set(len(self._unlabelled_assets))
+            return None
+        gauge = self._labelled_assets[asset] = self.anomaly_score.labels(asset)
+        return gauge
 
     def forget_assets(self, assets: Iterable[str]) -> None:
         """Drop per-asset series of assets this instance no longer owns (after a rebalance)."""
         for asset in assets:
-            if asset in self._labelled_assets:
-                self._labelled_assets.discard(asset)
+            if self._labelled_assets.pop(asset, None) is not None:
                 self.anomaly_score.remove(asset)
             self._unlabelled_assets.discard(asset)
         self.asset_labels_dropped.set(len(self._unlabelled_assets))

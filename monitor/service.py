@@ -75,7 +75,7 @@ OVERLAP_WINDOWS = 1024
 #: oldest: more than one keeps the thread busy while the loop's work per job varies.
 SCORING_AHEAD = 2
 #: Windows per batch whose end-to-end latency is observed (an even sample).
-LATENCY_SAMPLES = 256
+LATENCY_SAMPLES = 64
 #: After the alert state did not fit in a partition's commit metadata, commit without it for
 #: this long before trying again; warn about it at most this often per partition.
 BARE_COMMIT_RETRY_S = 30.0
@@ -972,9 +972,7 @@ class Service(Lifecycle):
         sample = ts_ms[:: max(1, len(ts_ms) // LATENCY_SAMPLES)]
         for lag_ms in (now_ms - sample).tolist():
             m.end_to_end_latency.observe(max(lag_ms, 0.0) / 1000.0)
-        latest = dict(zip(assets, scores.tolist(), strict=True))
-        for asset, score in latest.items():
-            m.set_asset_score(asset, score)
+        m.set_asset_scores(dict(zip(assets, scores.tolist(), strict=True)))
         if self.settings.scores.topic:
             out.scores.extend(_score_messages(assets, ts_ms, scores))
 

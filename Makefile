@@ -22,8 +22,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# Re-installs when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Re-installs (and rebuilds the C extension) when these change.
+$(VENV)/.installed: pyproject.toml setup.py monitor/_speedups.c | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e '.[cpu,train,dev]'
 	touch $@

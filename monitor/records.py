@@ -79,6 +79,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from monitor import native
 from monitor.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_DETAIL: Final = 300
 _MAX_ISO_LENGTH: Final = 64
 _ASSET_CACHE_SIZE: Final = 4096
+#: Keys, and (key, asset) pairs, remembered as having passed (see Decoder._assets_ok).
+_PASSED_CACHE_SIZE: Final = 65536
 #: Runs of JSON messages at most this long are decoded one by one (see Decoder.decode_many).
 _FAST_MIN_RUN: Final = 4
 
@@ -307,6 +310,10 @@ class Decoder:
         )
         # asset id -> None (allowed) or the rejection; asset ids repeat, regexes are not free.
         self._asset_cache: dict[str, _Reject | None] = {}
+        # Keys and (key, asset) pairs that passed the fast path's checks: a run's pairs are
+        # then checked in one set difference, not one by one.
+        self._good_keys: set[bytes | None] = set()
+        self._good_pairs: set[tuple[bytes | None, str]] = set()
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -407,21 +414,39 @@ class Decoder:
     ) -> _Part | None:
         """Readings of JSON messages that are all valid, or None if any might not be.
 
-        Accepts a subset of what :meth:`decode` accepts, with identical results: orjson parses
-        a subset of what ``json`` parses (no NaN/Infinity literals, no lone surrogates) to the
+        Accepts a subset of what :meth:`decode` accepts, with identical results. The C parser
+        (:mod:`monitor.native`) goes first: it proves messages well-formed byte by byte (strict
+        UTF-8, JSON grammar, each field once, every sensor once, numbers correctly rounded as
+        ``float()`` does, within float32's range) and gives up on anything else -- escapes in
+        keys or asset ids, duplicate keys, floats as timestamps. Then orjson, which parses a
+        subset of what ``json`` parses (no NaN/Infinity literals, no lone surrogates) to the
         same objects, except that integers beyond 64 bits become floats -- refused below as
-        timestamps, and as sensor values converted to the same float64 either way.
+        timestamps, and as sensor values converted to the same float64 either way. What is left
+        (keys, timestamp range, asset ids, order within batches) is checked column-wise by
+        :meth:`_checked` for both.
         """
+        if native.speedups is not None:
+            parsed = native.speedups.parse_json_run(
+                values, self._features, self._allow_extra, self._max_batch
+            )
+            if parsed is not None:
+                assets_, ts_bytes, value_bytes, counts_ = parsed
+                return self._checked(
+                    keys,
+                    assets_,
+                    np.frombuffer(ts_bytes, dtype=np.int64),
+                    np.frombuffer(value_bytes, dtype=np.float32).reshape(-1, self._n),
+                    counts_,
+                    base,
+                )
         try:
             docs = list(map(orjson.loads, values))
         except orjson.JSONDecodeError:
             return None
-        n_msgs = len(docs)
         kinds = set(map(type, docs))
         counts: list[int] | None = None
         if kinds == {dict}:
             items: list[Any] = docs
-            item_keys = keys
         elif kinds <= {dict, list}:
             counts = [len(d) if type(d) is list else 1 for d in docs]
             if max(counts) > self._max_batch:
@@ -429,19 +454,10 @@ class Decoder:
             items = list(chain.from_iterable(d if type(d) is list else (d,) for d in docs))
             if set(map(type, items)) - {dict}:
                 return None
-            item_keys = list(chain.from_iterable(map(repeat, keys, counts)))
         else:
             return None
-        # decode() checks a key even when its message holds no reading.
-        try:
-            for key in set(keys):
-                if key:
-                    key.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-        n = len(items)
-        if n == 0:
-            return _empty_part(self._n)
+        if not items:
+            return _empty_part(self._n) if self._keys_ok(keys) else None
         assets: list[Any] = list(map(dict.get, items, repeat("asset")))
         ts_list = list(map(dict.get, items, repeat("ts")))
         rows: list[Any] = list(map(dict.get, items, repeat("values")))
@@ -466,26 +482,59 @@ class Decoder:
             return None
         if not bool((np.abs(wide) <= _F32_MAX).all()):  # NaN compares False
             return None
+        return self._checked(keys, assets, ts, wide.astype(np.float32), counts, base)
+
+    def _checked(
+        self,
+        keys: Sequence[bytes | None],
+        assets: list[str],
+        ts: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float32],
+        counts: list[int] | None,
+        base: int,
+    ) -> _Part | None:
+        """The parsed readings of a run of messages (``counts`` readings each, or one each
+        if None) once their keys, timestamps and assets pass, in message order; else None."""
+        if not self._keys_ok(keys):
+            return None
+        if not assets:
+            return _empty_part(self._n)
         if int(ts.min()) < TS_MIN_MS or int(ts.max()) > TS_MAX_MS:
             return None
+        item_keys = keys if counts is None else list(chain.from_iterable(map(repeat, keys, counts)))
         if not self._assets_ok(item_keys, assets):
             return None
+        first = np.arange(base, base + len(keys), dtype=np.intp)
         if counts is None:
-            messages = np.arange(base, base + n_msgs, dtype=np.intp)
-        else:
-            messages = np.repeat(np.arange(base, base + n_msgs, dtype=np.intp), counts)
-            order = _batch_order(assets, ts, messages)
-            if order is None:
-                return None
-            if bool((order[1:] < order[:-1]).any()):  # some message interleaves assets
-                assets = [assets[j] for j in order.tolist()]
-                ts, wide, messages = ts[order], wide[order], messages[order]
-        return assets, ts, wide.astype(np.float32), messages
+            return assets, ts, values, first
+        messages = np.repeat(first, counts)
+        order = _batch_order(assets, ts, messages)
+        if order is None:
+            return None
+        if bool((order[1:] < order[:-1]).any()):  # some message interleaves assets
+            assets = [assets[j] for j in order.tolist()]
+            ts, values, messages = ts[order], values[order], messages[order]
+        return assets, ts, values, messages
+
+    def _keys_ok(self, keys: Sequence[bytes | None]) -> bool:
+        """Whether every key is UTF-8 (decode() checks a key even if its message is empty)."""
+        fresh = set(keys) - self._good_keys
+        try:
+            for key in fresh:
+                if key:
+                    key.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        _remember(self._good_keys, fresh)
+        return True
 
     def _assets_ok(self, keys: Sequence[bytes | None], assets: list[str]) -> bool:
         """Whether every (key, asset) pair passes :meth:`_check_asset`."""
+        fresh = set(zip(keys, assets, strict=True)) - self._good_pairs
+        if not fresh:
+            return True
         cache = self._asset_cache
-        for key, asset in set(zip(keys, assets, strict=True)):
+        for key, asset in fresh:
             if key:
                 try:
                     if key.decode("utf-8") != asset:
@@ -503,6 +552,7 @@ class Decoder:
                 cache[asset] = cached
             if cached is not None:
                 return False
+        _remember(self._good_pairs, fresh)
         return True
 
     # -- framing ------------------------------------------------------------------------------
@@ -848,6 +898,13 @@ class Decoder:
 
 #: Detail of the rejection returned if the decoder itself fails (a bug; logged with traceback).
 INTERNAL_ERROR_DETAIL: Final = "internal decoder error (logged); message kept for inspection"
+
+
+def _remember(known: set[Any], fresh: set[Any]) -> None:
+    """Add ``fresh`` to a cache of things that passed, emptied once it outgrows its bound."""
+    if len(known) + len(fresh) > _PASSED_CACHE_SIZE:
+        known.clear()
+    known |= fresh
 
 
 def _block(asset: str, ts: npt.NDArray[np.int64], values: npt.NDArray[np.float32]) -> ReadingBlock:

@@ -45,7 +45,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
-from monitor import offsets
+from monitor import native, offsets
 from monitor.config import Settings
 from monitor.detector import Detector, DetectorConfig
 from monitor.errors import ConfigError, DataError, KafkaUnavailableError, PlantwatchError
@@ -351,6 +351,7 @@ class Service(Lifecycle):
         # it out of the garbage collector's full passes, which would otherwise traverse it all
         # and stall the data path (a 300 ms pause measured in the latency benchmark).
         gc.freeze()
+        (logger.info if native.speedups is not None else logger.warning)(native.describe())
         logger.info(
             "consuming %s as group %s from %s",
             ", ".join(s.input.topics),

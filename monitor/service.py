@@ -65,7 +65,8 @@ logger = logging.getLogger(__name__)
 #: Windows per ONNX Runtime call; larger ready batches are scored in chunks.
 MAX_SCORING_BATCH = 8192
 #: Windows made ready at a time (bytes): larger batches are appended and scored in chunks of
-#: about this size, but at least MIN_CHUNK_READINGS readings.
+#: about this size, but at least MIN_CHUNK_READINGS readings (8 MiB since session 8, the size
+#: the 2 M-reading benchmark ran with; 4, 8 and 32 MiB were within its noise).
 CHUNK_BYTES = 8 << 20
 MIN_CHUNK_READINGS = 1024
 #: Ready windows handed to the scoring thread as soon as a partition's records leave this many
@@ -422,9 +423,7 @@ class Service(Lifecycle):
             if batch:
                 return batch
             async with self._batch_lock:
-                if self._open is not None:
-                    await self._drain(self._open, self._scoring, keep=0)
-                    self._observe_stages(self._open)
+                await self._detect_scored()
         batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return batch
 
@@ -670,17 +669,16 @@ class Service(Lifecycle):
         # Counted locally and added to the metrics once per batch, not once per record.
         tally = _Tally()
         last_offset: dict[TopicPartition, int] = {}
-        # Windows being scored in the worker thread while the loop goes on (see _submit); the
-        # last job stays there, scored while the next batch is fetched.
-        scoring = self._scoring
+        # Windows are scored in the worker thread while the loop goes on (see _submit); the
+        # last jobs stay there, scored while the next batch is fetched.
         try:
             for tp, records in batch.items():
-                await self._append_partition(tp, records, out, scoring, tally)
+                await self._append_partition(tp, records, out, tally)
                 last_offset[tp] = records[-1].offset
                 if p.store.pending >= OVERLAP_WINDOWS:
-                    await self._submit(p.store.collect(), out, scoring)
+                    await self._submit(p.store.collect(), out)
             if p.store.pending:
-                await self._submit(p.store.collect(), out, scoring)
+                await self._submit(p.store.collect(), out)
         except BaseException:
             self._abandon_scoring()
             raise
@@ -705,7 +703,6 @@ class Service(Lifecycle):
         tp: TopicPartition,
         records: list[ConsumerRecord[bytes, bytes]],
         out: _Outgoing,
-        scoring: deque[_Scoring],
         tally: _Tally,
     ) -> None:
         """Decode a partition's records and append their readings to the window store, a
@@ -751,7 +748,7 @@ class Service(Lifecycle):
             # Scored whenever a chunk's worth is pending: memory stays bounded (a getmany of
             # batch messages can hold several 100,000 readings, a window each).
             if p.store.pending >= self._chunk_readings():
-                await self._submit(p.store.collect(), out, scoring)
+                await self._submit(p.store.collect(), out)
 
     def _observe_stages(self, out: _Outgoing) -> None:
         for stage, seconds in out.stages.items():
@@ -764,20 +761,26 @@ class Service(Lifecycle):
             job.future.add_done_callback(_retrieve)
         self._scoring.clear()
 
+    async def _detect_scored(self) -> None:
+        """Detect every job still with the scoring thread (before a commit, or before
+        waiting for records); on failure forget them, their batches are read again."""
+        if self._open is None or not self._scoring:
+            return
+        try:
+            await self._drain(self._open, keep=0)
+        except BaseException:
+            self._abandon_scoring()
+            raise
+        self._observe_stages(self._open)
+
     async def _flush(self) -> None:
         """Commit the batches handled since the last commit, in one transaction: their alert
         events, scores and dead letters, each partition's offset and alert state. Raises
         :class:`_NotCommittedError` (the batches are then dropped, the caller rewinds)."""
-        if self._open is None:
-            return
-        if self._scoring:
-            try:
-                await self._drain(self._open, self._scoring, keep=0)
-            except BaseException:
-                self._abandon_scoring()
-                raise
-            self._observe_stages(self._open)
+        await self._detect_scored()
         out, self._open = self._open, None
+        if out is None:
+            return
         t0 = time.perf_counter()
         await self._commit(out, out.last_offset)
         self.metrics.batch_stage.labels("commit").observe(time.perf_counter() - t0)
@@ -892,7 +895,7 @@ class Service(Lifecycle):
                 detail = ", ".join(f"{count} {reason}" for reason, count in rejected.items())
                 self._dead_letter(out, record, next(iter(rejected)), f"readings rejected: {detail}")
 
-    async def _submit(self, ready: ReadyBatch, out: _Outgoing, scoring: deque[_Scoring]) -> None:
+    async def _submit(self, ready: ReadyBatch, out: _Outgoing) -> None:
         """Hand ready windows to the scoring thread; then detect what was handed over before
         them, all but the last SCORING_AHEAD jobs, so that windows are scored while the loop
         prepares the next (ONNX Runtime releases the GIL). Events come in the order of the
@@ -915,8 +918,8 @@ class Service(Lifecycle):
                 ready.windows if whole else ready.windows[idx],
             )
             assets = ready.assets if whole else [ready.assets[i] for i in idx]
-            scoring.append(_Scoring(assets, ready.ts_ms[idx], model, future))
-        await self._drain(out, scoring, keep=SCORING_AHEAD)
+            self._scoring.append(_Scoring(assets, ready.ts_ms[idx], model, future))
+        await self._drain(out, keep=SCORING_AHEAD)
 
     def _score_windows(
         self, model: LoadedModel, windows: npt.NDArray[np.float32]
@@ -938,9 +941,10 @@ class Service(Lifecycle):
             errors[start : start + len(chunk)] = result.sensor_error
         return scores, errors, total
 
-    async def _drain(self, out: _Outgoing, scoring: deque[_Scoring], *, keep: int) -> None:
+    async def _drain(self, out: _Outgoing, *, keep: int) -> None:
         """Detect on scored windows, oldest first, until at most ``keep`` are being scored."""
         detector = self.pipeline.detector
+        scoring = self._scoring
         while len(scoring) > keep:
             job = scoring[0]
             t0 = time.perf_counter()

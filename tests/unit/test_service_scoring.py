@@ -157,6 +157,23 @@ def _service(
     return service, scorer, producer, observed
 
 
+def _tell_when_appended(service: Service, which: Any) -> threading.Event:
+    """An event set once the window store has appended readings for which ``which(args)`` of
+    ``append_many(*args)`` holds."""
+    appended = threading.Event()
+    store = service.pipeline.store
+    append_many = store.append_many
+
+    def append_and_tell(*args: Any, **kwargs: Any) -> Any:
+        got = append_many(*args, **kwargs)
+        if which(args):
+            appended.set()
+        return got
+
+    store.append_many = append_and_tell  # type: ignore[method-assign]
+    return appended
+
+
 def _expected() -> list[tuple[str, int, float]]:
     """Every window, in the order of the batch: partition by partition, reading by reading."""
     return [
@@ -189,21 +206,12 @@ async def test_the_next_partition_is_prepared_while_the_last_one_is_scored(
     # readings: it would wait in vain (and fail) if the loop waited for the scores first.
     monkeypatch.setattr(service_module, "OVERLAP_WINDOWS", 1)
     service, scorer, _, observed = _service(tmp_path)
-    appended = threading.Event()
-    store = service.pipeline.store
-    append_many = store.append_many
-
-    def append_and_tell(*args: Any, **kwargs: Any) -> Any:
-        got = append_many(*args, **kwargs)
-        if args[4] == service._slot(PARTITIONS[1]):
-            appended.set()
-        return got
+    appended = _tell_when_appended(service, lambda args: args[4] == service._slot(PARTITIONS[1]))
 
     def hold(call: int) -> None:
         if call == 1 and not appended.wait(timeout=10):
             raise AssertionError("the loop waited for the scores before going on")
 
-    store.append_many = append_and_tell  # type: ignore[method-assign]
     scorer.hold = hold
     try:
         await service.run()
@@ -307,20 +315,12 @@ async def test_the_last_windows_of_a_batch_are_scored_while_the_next_is_prepared
     service, scorer, producer, observed = _service(tmp_path)
     consumer = _Batches(service, _batch(), _batch_later(STEPS))
     service._consumer = consumer  # type: ignore[assignment]
-    next_batch = threading.Event()
-    store = service.pipeline.store
-    append_many = store.append_many
-
-    def append_and_tell(*args: Any, **kwargs: Any) -> Any:
-        if int(args[1][0]) >= T0 + STEPS * 1000:
-            next_batch.set()
-        return append_many(*args, **kwargs)
+    next_batch = _tell_when_appended(service, lambda args: int(args[1][0]) >= T0 + STEPS * 1000)
 
     def hold(call: int) -> None:
         if call == 3 and not next_batch.wait(timeout=10):
             raise AssertionError("the loop detected the whole batch before fetching the next")
 
-    store.append_many = append_and_tell  # type: ignore[method-assign]
     scorer.hold = hold
     try:
         await service.run()

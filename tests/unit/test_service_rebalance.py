@@ -6,18 +6,25 @@ fetched under the old assignment after the revocation has forgotten their partit
 and aiokafka reports the old assignment until the new one is made. Handled then, such a batch
 started fresh windows and committed its offsets, so the next owner resumed after it and the
 windows ending there were never scored.
+
+A revocation commits what is open; the partitions are handed over only once that commit shows
+in the group's offsets (a Kafka 2.3 broker answers OffsetFetch without a transaction whose
+marker is still pending).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 
+from monitor import service as service_module
 from monitor.config import Settings
 from monitor.detector import Detector, DetectorConfig
 from monitor.events import ModelRef
@@ -143,3 +150,63 @@ async def test_a_batch_fetched_after_an_assignment_is_handled(
     await service.run()
     assert len(service.pipeline.store) == 3
     assert [offsets[TP][0] for offsets in producer.offsets] == [100]
+
+
+class _LaggingAdmin:
+    """Shows the producer's last commit only from fetch ``lag + 1`` on, as a broker does once
+    the transaction's marker is written; records how many assets the service held then."""
+
+    def __init__(self, service: Service, producer: _Producer, lag: int) -> None:
+        self.service = service
+        self.producer = producer
+        self.lag = lag
+        self.held: list[int] = []
+
+    async def list_consumer_group_offsets(
+        self, group_id: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        self.held.append(len(self.service.pipeline.store))
+        if len(self.held) <= self.lag or not self.producer.offsets:
+            return {}
+        return {
+            tp: OffsetAndMetadata(offset, metadata)
+            for tp, (offset, metadata) in self.producer.offsets[-1].items()
+            if tp in partitions
+        }
+
+
+async def test_a_revocation_hands_over_only_once_its_commit_shows(tmp_path: Path) -> None:
+    service, consumer, producer = _service(tmp_path)
+    admin = _LaggingAdmin(service, producer, lag=3)
+    service._admin = admin  # type: ignore[assignment]
+    await service._process({TP: consumer.records})
+    await _Rebalance(service).on_partitions_revoked([TP])
+    assert producer.transactions == 1
+    # Asked until the commit showed, each time still holding the partition's windows.
+    assert admin.held == [3, 3, 3, 3]
+    assert len(service.pipeline.store) == 0
+
+
+async def test_a_commit_that_never_shows_delays_the_rebalance_only_so_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(service_module, "COMMIT_VISIBLE_WAIT_S", 0.1)
+    service, consumer, producer = _service(tmp_path)
+    admin = _LaggingAdmin(service, producer, lag=10**9)
+    service._admin = admin  # type: ignore[assignment]
+    await service._process({TP: consumer.records})
+    with caplog.at_level(logging.WARNING, logger="monitor.service"):
+        await _Rebalance(service).on_partitions_revoked([TP])
+    assert len(admin.held) > 1
+    assert len(service.pipeline.store) == 0
+    assert "readings[0]" in caplog.text
+    assert "does not show in group" in caplog.text
+
+
+async def test_a_revocation_with_nothing_open_asks_nothing(tmp_path: Path) -> None:
+    service, _, producer = _service(tmp_path)
+    admin = _LaggingAdmin(service, producer, lag=0)
+    service._admin = admin  # type: ignore[assignment]
+    await _Rebalance(service).on_partitions_revoked([TP])
+    assert producer.transactions == 0
+    assert admin.held == []

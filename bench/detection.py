@@ -178,6 +178,7 @@ def _model(args: argparse.Namespace, family: str, seed: int, window: int | None)
         threshold_factor=args.threshold_factor,
         hyperparameters=hyper,
         ignore_sensors=tuple(c for c in args.ignore.split(",") if c),
+        sensor_weighting=args.sensor_weighting,
     )
 
 
@@ -421,6 +422,7 @@ def main() -> int:
     r.add_argument("--epochs", type=int)
     r.add_argument("--hyper", help="JSON hyperparameters for the model family")
     r.add_argument("--ignore", default="", help="sensor columns left out, comma-separated")
+    r.add_argument("--sensor-weighting", default="none", choices=("none", "balanced"))
     r.add_argument("--threshold-quantile", type=float, default=0.99)
     r.add_argument("--threshold-factor", type=float, default=1.5)
     r.add_argument("--rule", default="service", choices=("service", "reference"))

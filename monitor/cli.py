@@ -214,6 +214,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--mask-unit", default="reading", choices=("reading", "sensor", "time"))
     p.add_argument(
+        "--sensor-weighting",
+        default="none",
+        choices=("none", "balanced"),
+        help="balanced: each sensor's error in units of its own error on validation windows",
+    )
+    p.add_argument(
         "--hyper",
         action="append",
         default=[],
@@ -288,6 +294,7 @@ def _run_train(args: argparse.Namespace) -> int:
         ),
         hyperparameters=_parse_hyper(args.hyper),
         name=args.name,
+        sensor_weighting=args.sensor_weighting,
     )
     result = train_bundle(config)
     m = result.bundle.manifest
@@ -573,6 +580,12 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--threshold-quantile", type=float, default=0.99)
     p.add_argument("--threshold-factor", type=float, default=1.5)
     p.add_argument(
+        "--sensor-weighting",
+        default="none",
+        choices=("none", "balanced"),
+        help="balanced: each sensor's error in units of its own error on validation windows",
+    )
+    p.add_argument(
         "--rule",
         default="service",
         choices=("service", "reference"),
@@ -645,6 +658,7 @@ def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
             threshold_quantile=args.threshold_quantile,
             threshold_factor=args.threshold_factor,
             ignore_sensors=tuple(args.ignore_columns or ()),
+            sensor_weighting=args.sensor_weighting,
         ),
         alerts=alerts,
         generic=GenericOptions(

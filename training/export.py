@@ -29,23 +29,57 @@ class ScoringGraph(nn.Module):
 
     ``sensor_error[b, f]`` is the mean squared reconstruction error of sensor ``f`` over the
     window in normalised units (for a family with its own ``pointwise_error``, such as the PCA
-    baseline, the mean of that error); ``score[b]`` is its mean over sensors, so each sensor's
-    share of the score is ``sensor_error / (n_features * score)``, for every family.
+    baseline, the mean of that error), times the sensor's weight when ``sensor_weight`` is given
+    (see :func:`balanced_weights`); ``score[b]`` is its mean over sensors, so each sensor's share
+    of the score is ``sensor_error / (n_features * score)``, for every family.
     """
 
-    def __init__(self, autoencoder: nn.Module, scaler: StandardScaler) -> None:
+    def __init__(
+        self,
+        autoencoder: nn.Module,
+        scaler: StandardScaler,
+        sensor_weight: npt.NDArray[np.floating] | None = None,
+    ) -> None:
         super().__init__()
         self.autoencoder = autoencoder
         self.mean: torch.Tensor
         self.inv_scale: torch.Tensor
         self.register_buffer("mean", torch.tensor(scaler.mean, dtype=torch.float32))
         self.register_buffer("inv_scale", torch.tensor(1.0 / scaler.scale, dtype=torch.float32))
+        # Unweighted graphs keep no multiplication by ones (it would cost every window a pass).
+        self.sensor_weight: torch.Tensor | None
+        self.register_buffer(
+            "sensor_weight",
+            None
+            if sensor_weight is None
+            else torch.tensor(np.asarray(sensor_weight), dtype=torch.float32),
+        )
 
     def forward(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = (window - self.mean) * self.inv_scale
         error = pointwise_error(self.autoencoder, z)
         sensor_error = error.mean(dim=1)
+        if self.sensor_weight is not None:
+            sensor_error = sensor_error * self.sensor_weight
         return sensor_error.mean(dim=1), sensor_error
+
+
+def balanced_weights(sensor_error: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """Per-sensor weights under which every sensor's mean error on ``sensor_error`` (normal
+    validation windows × sensors) is the same, the mean of the unweighted ones.
+
+    Unweighted, the sensors the model reconstructs worst on normal data (e.g. vibration RMS)
+    make most of the score and its noise, and a clear departure of a well-reconstructed
+    sensor (a pressure, a flow) moves the score little. Weighted, each sensor's error counts in
+    units of its own normal level. A sensor whose normal error is (near) zero is capped at
+    ``1e6`` times the smallest weight otherwise, not given an infinite one.
+    """
+    level = np.asarray(sensor_error, np.float64).mean(axis=0)
+    if level.ndim != 1 or not len(level) or not np.all(np.isfinite(level)):
+        raise ValueError("need finite validation errors, windows × sensors")
+    floor = max(float(level.max()) * 1e-6, float(np.finfo(np.float32).tiny))
+    level = np.maximum(level, floor)
+    return np.asarray(level.mean() / level, np.float64)
 
 
 @torch.no_grad()

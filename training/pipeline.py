@@ -35,7 +35,14 @@ from monitor.bundle import (
 from monitor.errors import ConfigError, DataError
 from training.calibrate import QuantileRule, ThresholdRule, summarize
 from training.data import Dataset, load_training_data
-from training.export import OPSET, ScoringGraph, check_parity, export_onnx, score_windows
+from training.export import (
+    OPSET,
+    ScoringGraph,
+    balanced_weights,
+    check_parity,
+    export_onnx,
+    score_windows,
+)
 from training.fit import FitConfig, fit, seed_everything
 from training.models import build_model
 from training.pca import PCAModel
@@ -45,6 +52,8 @@ from training.windows import StandardScaler, time_split, windows_from_segments
 logger = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
+#: ``TrainConfig.sensor_weighting`` choices.
+SENSOR_WEIGHTINGS = ("none", "balanced")
 #: Validation windows used for the ONNX parity check (all of them would only cost time).
 PARITY_WINDOWS = 2048
 
@@ -73,6 +82,10 @@ class TrainConfig:
     max_train_windows: int = 100_000
     #: Write the training report (PNG plots, summary) beside the model.
     report: bool = True
+    #: ``"none"``: the score is the mean of the sensors' errors; ``"balanced"``: each sensor's
+    #: error is first divided by its mean on the validation windows (relative to the mean over
+    #: sensors: :func:`training.export.balanced_weights`), the weights baked into the graph.
+    sensor_weighting: str = "none"
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,11 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         raise ConfigError(f"--window must be at least 2, got {config.window}")
     if config.stride < 1:
         raise ConfigError(f"--stride must be at least 1, got {config.stride}")
+    if config.sensor_weighting not in SENSOR_WEIGHTINGS:
+        raise ConfigError(
+            f"--sensor-weighting must be one of {', '.join(SENSOR_WEIGHTINGS)}, "
+            f"got {config.sensor_weighting!r}"
+        )
     dataset = load_training_data(
         config.data,
         columns=config.columns,
@@ -124,7 +142,12 @@ def train_bundle(config: TrainConfig) -> TrainResult:
     model = build_model(config.family, config.window, len(features), **config.hyperparameters)
     result = fit(model, scaler.transform(train_raw), scaler.transform(val_raw), config.fit)
     graph = ScoringGraph(result.model, scaler)
-    val_scores, _ = score_windows(graph, val_raw)
+    val_scores, val_errors = score_windows(graph, val_raw)
+    weights = None
+    if config.sensor_weighting == "balanced":
+        weights = balanced_weights(val_errors)
+        graph = ScoringGraph(result.model, scaler, sensor_weight=weights)
+        val_scores, _ = score_windows(graph, val_raw)
     try:
         threshold = config.threshold.calibrate(val_scores)
     except ValueError as exc:
@@ -137,7 +160,7 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         export_onnx(graph, onnx_path, config.window, len(features))
         parity = check_parity(onnx_path, graph, val_raw[_spread(len(val_raw), PARITY_WINDOWS)])
         manifest = _manifest(
-            config, dataset, scaler, threshold, val_scores, onnx_path, parity, result.model
+            config, dataset, scaler, threshold, val_scores, onnx_path, parity, result.model, weights
         )
         write_manifest(staging, manifest)
         report = (
@@ -168,6 +191,7 @@ def _manifest(
     onnx_path: Path,
     parity: float,
     model: torch.nn.Module | None = None,
+    sensor_weights: npt.NDArray[np.float64] | None = None,
 ) -> Manifest:
     now = dt.datetime.now(dt.UTC)
     fp = dataset.fingerprint
@@ -186,6 +210,9 @@ def _manifest(
     if config.fit.mask_fraction:
         hyper["mask_fraction"] = config.fit.mask_fraction
         hyper["mask_unit"] = config.fit.mask_unit
+    if sensor_weights is not None:
+        hyper["sensor_weighting"] = config.sensor_weighting
+        hyper["sensor_weights"] = [float(w) for w in sensor_weights.astype(np.float32)]
     if isinstance(model, PCAModel):
         hyper["components_fitted"] = model.fitted_components
         hyper["explained_variance_fitted"] = model.fitted_explained

@@ -12,22 +12,31 @@ import pytest
 import torch
 
 from monitor.bundle import load_bundle
-from monitor.errors import BundleError
+from monitor.errors import BundleError, ConfigError
 from monitor.scoring import Scorer
-from training.export import ScoringGraph, check_parity, export_onnx, score_windows
+from training.export import (
+    ScoringGraph,
+    balanced_weights,
+    check_parity,
+    export_onnx,
+    score_windows,
+)
 from training.models import build_model
 from training.pca import PCAModel
 from training.windows import StandardScaler
+
+
+def _scaler() -> StandardScaler:
+    return StandardScaler(
+        mean=np.array([1.0, -2.0, 10.0, 0.0]), scale=np.array([2.0, 0.5, 3.0, 1.0])
+    )
 
 
 @pytest.fixture(scope="module")
 def conv_graph() -> ScoringGraph:
     torch.manual_seed(0)
     model = build_model("conv", 32, 4).eval()
-    scaler = StandardScaler(
-        mean=np.array([1.0, -2.0, 10.0, 0.0]), scale=np.array([2.0, 0.5, 3.0, 1.0])
-    )
-    return ScoringGraph(model, scaler)
+    return ScoringGraph(model, _scaler())
 
 
 def test_graph_normalises_inside(conv_graph: ScoringGraph) -> None:
@@ -114,3 +123,68 @@ def test_bundle_onnx_matches_recorded_validation(tiny_bundle: Path) -> None:
     windows = np.lib.stride_tricks.sliding_window_view(values, 16, axis=0).transpose(0, 2, 1)
     scores = Scorer(bundle, device="cpu").score(np.ascontiguousarray(windows[-500:])).score
     assert np.mean(scores < m.threshold.value) > 0.95
+
+
+def test_balanced_weights_level_every_sensor_to_the_mean() -> None:
+    errors = np.array([[1.0, 10.0, 0.1, 0.0], [3.0, 30.0, 0.3, 0.0]])  # means 2, 20, 0.2, 0
+    weights = balanced_weights(errors)
+    # The zero level is raised to 1e-6 of the largest (2e-5); the mean over sensors of the
+    # levels is then (2 + 20 + 0.2 + 2e-5) / 4, and every weighted level equals it.
+    mean = (2 + 20 + 0.2 + 2e-5) / 4
+    np.testing.assert_allclose(weights, [mean / 2, mean / 20, mean / 0.2, mean / 2e-5])
+    np.testing.assert_allclose((errors.mean(axis=0) * weights)[:3], mean)
+    with pytest.raises(ValueError, match="finite"):
+        balanced_weights(np.array([[np.nan, 1.0]]))
+
+
+def test_a_weighted_graph_scores_each_sensor_in_its_own_units(
+    conv_graph: ScoringGraph, tmp_path: Path
+) -> None:
+    weights = np.array([1.0, 4.0, 0.25, 2.0])
+    weighted = ScoringGraph(conv_graph.autoencoder, _scaler(), sensor_weight=weights)
+    raw = np.random.default_rng(4).standard_normal((33, 32, 4)).astype(np.float32)
+    _, plain = score_windows(conv_graph, raw)
+    score, err = score_windows(weighted, raw)
+    np.testing.assert_allclose(err, plain * weights, rtol=1e-5)
+    np.testing.assert_allclose(score, (plain * weights).mean(axis=1), rtol=1e-5)
+    # The weights travel in the ONNX graph.
+    path = tmp_path / "w.onnx"
+    export_onnx(weighted, path, 32, 4)
+    assert check_parity(path, weighted, raw) < 1e-4
+
+
+def test_a_balanced_bundle_records_its_weights(tmp_path: Path) -> None:
+    from tests.conftest import sine_frame
+    from training.fit import FitConfig
+    from training.pipeline import TrainConfig, train_bundle
+
+    data = tmp_path / "normal.csv"
+    frame = sine_frame(3000)
+    frame["c"] += np.random.default_rng(5).standard_normal(len(frame)) * 2.0  # unpredictable
+    frame.to_csv(data, index=False)
+    config = TrainConfig(
+        data=data,
+        out=tmp_path / "bundle",
+        family="dense",
+        window=16,
+        stride=2,
+        hyperparameters={"hidden": (32, 8)},
+        fit=FitConfig(epochs=10, progress=False),
+        report=False,
+        sensor_weighting="balanced",
+    )
+    bundle = train_bundle(config).bundle
+    hyper = bundle.manifest.model.hyperparameters
+    assert hyper["sensor_weighting"] == "balanced"
+    weights = np.array(hyper["sensor_weights"])
+    assert weights.shape == (bundle.manifest.n_features,)
+    # On the validation windows every sensor's weighted error has about the same mean.
+    values = pd.read_csv(data)[list(bundle.manifest.features)].to_numpy(np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(values[-600:], 16, axis=0)
+    got = Scorer(bundle, device="cpu").score(np.ascontiguousarray(windows.transpose(0, 2, 1)))
+    level = got.sensor_error.mean(axis=0)
+    assert level.max() / level.min() < 1.5, level
+    # The noisy sensor weighs least: unweighted, it would make most of the score.
+    assert bundle.manifest.features[int(np.argmin(weights))] == "c", weights
+    with pytest.raises(ConfigError, match="sensor-weighting"):
+        train_bundle(TrainConfig(data=data, out=tmp_path / "other", sensor_weighting="loudest"))

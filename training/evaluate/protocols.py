@@ -62,6 +62,8 @@ class ModelOptions:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     #: Sensor columns left out of the model (e.g. slowly drifting temperatures).
     ignore_sensors: tuple[str, ...] = ()
+    #: :attr:`training.pipeline.TrainConfig.sensor_weighting`.
+    sensor_weighting: str = "none"
 
 
 #: Protocol defaults for the ``None`` fields of :class:`ModelOptions`.
@@ -258,6 +260,7 @@ def _train(
         name=name,
         # Dozens of per-file bundles: their plots would only cost time.
         report=False,
+        sensor_weighting=model.sensor_weighting,
     )
     return train_bundle(config).bundle
 

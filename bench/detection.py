@@ -353,10 +353,15 @@ def _rows(log: Path) -> list[dict[str, Any]]:
 
 def cmd_render(args: argparse.Namespace) -> int:
     rows = _rows(args.log)
-    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    # A configuration run again with the same seed: its latest run counts (the mean ± std are
+    # over seeds, not over reruns of one seed).
+    latest: dict[tuple[str, str, int], dict[str, Any]] = {}
     for r in rows:
         if r["kind"] in ("skab", "sim"):
-            by.setdefault((r["kind"], r["label"]), []).append(r)
+            latest[(r["kind"], r["label"], r["seed"])] = r
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in latest.values():
+        by.setdefault((r["kind"], r["label"]), []).append(r)
     out = [
         "| SKAB configuration | seeds | F1 | FAR % | MAR % | NAB std | NAB lowFP | NAB lowFN "
         "| wall s/run | CPU s/run | load |",
@@ -422,7 +427,12 @@ def main() -> int:
     r.add_argument("--epochs", type=int)
     r.add_argument("--hyper", help="JSON hyperparameters for the model family")
     r.add_argument("--ignore", default="", help="sensor columns left out, comma-separated")
-    r.add_argument("--sensor-weighting", default="none", choices=("none", "balanced"))
+    r.add_argument(
+        "--sensor-weighting",
+        default="none",
+        choices=("none", "balanced"),
+        help="the log's labels predate the option: tag balanced runs (e.g. --tag bal)",
+    )
     r.add_argument("--threshold-quantile", type=float, default=0.99)
     r.add_argument("--threshold-factor", type=float, default=1.5)
     r.add_argument("--rule", default="service", choices=("service", "reference"))

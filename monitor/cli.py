@@ -217,7 +217,8 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--sensor-weighting",
         default="none",
         choices=("none", "balanced"),
-        help="balanced: each sensor's error in units of its own error on validation windows",
+        help="none (default): the score is the plain mean of the sensors' errors; balanced: "
+        "each sensor's error in units of its mean on validation windows",
     )
     p.add_argument(
         "--hyper",
@@ -583,7 +584,8 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--sensor-weighting",
         default="none",
         choices=("none", "balanced"),
-        help="balanced: each sensor's error in units of its own error on validation windows",
+        help="none (default): the score is the plain mean of the sensors' errors; balanced: "
+        "each sensor's error in units of its mean on validation windows",
     )
     p.add_argument(
         "--rule",

@@ -82,9 +82,10 @@ class TrainConfig:
     max_train_windows: int = 100_000
     #: Write the training report (PNG plots, summary) beside the model.
     report: bool = True
-    #: ``"none"``: the score is the mean of the sensors' errors; ``"balanced"``: each sensor's
-    #: error is first divided by its mean on the validation windows (relative to the mean over
-    #: sensors: :func:`training.export.balanced_weights`), the weights baked into the graph.
+    #: ``"none"`` (default): the score is the plain mean of the sensors' errors;
+    #: ``"balanced"``: each sensor's error is first divided by its mean on the validation
+    #: windows (relative to the mean over sensors: :func:`training.export.balanced_weights`),
+    #: the weights baked into the graph. Measured in bench/results/detection.md (session 9).
     sensor_weighting: str = "none"
 
 

@@ -174,8 +174,11 @@ def _model(args: argparse.Namespace, family: str, seed: int, window: int | None)
         window=window,
         epochs=args.epochs,
         seed=seed,
+        threshold_rule=args.threshold_rule,
         threshold_quantile=args.threshold_quantile,
         threshold_factor=args.threshold_factor,
+        pot_level=args.pot_level,
+        pot_risk=args.pot_risk,
         hyperparameters=hyper,
         ignore_sensors=tuple(c for c in args.ignore.split(",") if c),
         sensor_weighting=args.sensor_weighting,
@@ -433,8 +436,11 @@ def main() -> int:
         choices=("none", "balanced"),
         help="the log's labels predate the option: tag balanced runs (e.g. --tag bal)",
     )
+    r.add_argument("--threshold-rule", default="quantile", choices=("quantile", "pot"))
     r.add_argument("--threshold-quantile", type=float, default=0.99)
     r.add_argument("--threshold-factor", type=float, default=1.5)
+    r.add_argument("--pot-level", type=float, default=0.98)
+    r.add_argument("--pot-risk", type=float, default=1e-4)
     r.add_argument("--rule", default="service", choices=("service", "reference"))
     r.add_argument("--k", type=int)
     r.add_argument("--n", type=int)

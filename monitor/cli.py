@@ -578,8 +578,11 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--window", type=int, help="window length (default: 16 skab, 32 generic)")
     p.add_argument("--epochs", type=int, help="max epochs (default: 40 skab, 60 generic)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold-rule", default="quantile", choices=("quantile", "pot"))
     p.add_argument("--threshold-quantile", type=float, default=0.99)
     p.add_argument("--threshold-factor", type=float, default=1.5)
+    p.add_argument("--pot-level", type=float, default=0.98, help="POT: tail fitted above this")
+    p.add_argument("--pot-risk", type=float, default=1e-4, help="POT: per-window false-alarm risk")
     p.add_argument(
         "--sensor-weighting",
         default="none",
@@ -657,8 +660,11 @@ def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
             window=args.window,
             epochs=args.epochs,
             seed=args.seed,
+            threshold_rule=args.threshold_rule,
             threshold_quantile=args.threshold_quantile,
             threshold_factor=args.threshold_factor,
+            pot_level=args.pot_level,
+            pot_risk=args.pot_risk,
             ignore_sensors=tuple(args.ignore_columns or ()),
             sensor_weighting=args.sensor_weighting,
         ),

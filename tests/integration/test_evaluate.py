@@ -201,3 +201,24 @@ def test_skab_ignore_sensors_leaves_them_out_of_the_model(tmp_path: Path) -> Non
         evaluate(
             "skab", root, model=ModelOptions(window=16, epochs=2, ignore_sensors=("Temprature",))
         )
+
+
+def test_skab_threshold_rule_and_sensor_weighting_reach_the_bundles(tmp_path: Path) -> None:
+    from monitor.bundle import load_bundle
+
+    root = _skab_like(tmp_path / "skab")
+    model = ModelOptions(
+        window=16,
+        epochs=2,
+        threshold_rule="pot",
+        pot_level=0.8,  # SKAB validates on 85 windows: 17 above the level
+        pot_risk=1e-3,
+        sensor_weighting="balanced",
+    )
+    result = evaluate("skab", root, model=model, work_dir=tmp_path / "work")
+    manifest = load_bundle(result.bundles["valve1/0"]).manifest
+    assert manifest.threshold.rule == "pot"
+    assert manifest.threshold.params["risk"] == 1e-3
+    assert manifest.model.hyperparameters["sensor_weighting"] == "balanced"
+    assert len(manifest.model.hyperparameters["sensor_weights"]) == len(SKAB_SENSORS)
+    assert result.options["model"]["threshold_rule"] == "pot"

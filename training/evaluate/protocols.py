@@ -57,8 +57,13 @@ class ModelOptions:
     learning_rate: float = 1e-3
     seed: int = 0
     validation_fraction: float | None = None
+    #: ``quantile`` (``threshold_quantile`` × ``threshold_factor``) or ``pot`` (peaks over
+    #: threshold: ``pot_level``, ``pot_risk``); see :func:`training.calibrate.build_rule`.
+    threshold_rule: str = "quantile"
     threshold_quantile: float = 0.99
     threshold_factor: float = 1.5
+    pot_level: float = 0.98
+    pot_risk: float = 1e-4
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     #: Sensor columns left out of the model (e.g. slowly drifting temperatures).
     ignore_sensors: tuple[str, ...] = ()
@@ -228,7 +233,7 @@ def _train(
     label_column: str,
     interval_s: float | None,
 ) -> Bundle:
-    from training.calibrate import QuantileRule
+    from training.calibrate import build_rule
     from training.fit import FitConfig
     from training.pipeline import TrainConfig, train_bundle
 
@@ -246,7 +251,11 @@ def _train(
         label_column=label_column,
         interval_s=interval_s,
         validation_fraction=model.validation_fraction,
-        threshold=QuantileRule(q=model.threshold_quantile, factor=model.threshold_factor),
+        threshold=(
+            build_rule("pot", level=model.pot_level, risk=model.pot_risk)
+            if model.threshold_rule == "pot"
+            else build_rule("quantile", q=model.threshold_quantile, factor=model.threshold_factor)
+        ),
         fit=FitConfig(
             epochs=model.epochs,
             batch_size=model.batch_size,

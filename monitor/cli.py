@@ -213,13 +213,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--mask-fraction", type=float, default=0.0, help="masked reconstruction: share zeroed"
     )
     p.add_argument("--mask-unit", default="reading", choices=("reading", "sensor", "time"))
-    p.add_argument(
-        "--sensor-weighting",
-        default="none",
-        choices=("none", "balanced"),
-        help="none (default): the score is the plain mean of the sensors' errors; balanced: "
-        "each sensor's error in units of its mean on validation windows",
-    )
+    _add_sensor_weighting(p)
     p.add_argument(
         "--hyper",
         action="append",
@@ -242,6 +236,17 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--key-password-file", type=Path, help="password of an encrypted --sign-key")
     p.set_defaults(handler=_run_train)
+
+
+def _add_sensor_weighting(p: argparse.ArgumentParser) -> None:
+    """``--sensor-weighting``, shared by ``train`` and ``evaluate``."""
+    p.add_argument(
+        "--sensor-weighting",
+        default="none",
+        choices=("none", "balanced"),
+        help="none (default): the score is the plain mean of the sensors' errors; balanced: "
+        "each sensor's error in units of its mean on validation windows",
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -583,13 +588,7 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--threshold-factor", type=float, default=1.5)
     p.add_argument("--pot-level", type=float, default=0.98, help="POT: tail fitted above this")
     p.add_argument("--pot-risk", type=float, default=1e-4, help="POT: per-window false-alarm risk")
-    p.add_argument(
-        "--sensor-weighting",
-        default="none",
-        choices=("none", "balanced"),
-        help="none (default): the score is the plain mean of the sensors' errors; balanced: "
-        "each sensor's error in units of its mean on validation windows",
-    )
+    _add_sensor_weighting(p)
     p.add_argument(
         "--rule",
         default="service",

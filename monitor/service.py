@@ -86,7 +86,7 @@ BARE_COMMIT_WARN_S = 600.0
 CAP_WARN_S = 60.0
 #: How often the broker is probed for /readyz.
 PROBE_INTERVAL_S = 5.0
-#: A revocation waits at most this long for its commit to show in the group's offsets (see
+#: A revocation or a stop waits at most this long for its commit to show in the group's offsets (see
 #: Service._await_visible), polling every COMMIT_VISIBLE_POLL_S.
 COMMIT_VISIBLE_WAIT_S = 5.0
 COMMIT_VISIBLE_POLL_S = 0.02
@@ -183,15 +183,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                     "committing what is open before the rebalance: %s",
                     ", ".join(f"{tp.partition}@{last}" for tp, last in open_.last_offset.items()),
                 )
-            before = {tp: self.service._last_commit.get(tp) for tp in revoked}
             try:
-                await self.service._flush()
+                await self.service._flush_for_handover()
             except _NotCommittedError as exc:
                 logger.warning("%s; read again from the last commit after the rebalance", exc)
-            else:
-                await self.service._await_visible(
-                    [tp for tp in revoked if self.service._last_commit.get(tp) != before[tp]]
-                )
             self.service._revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -414,7 +409,7 @@ class Service(Lifecycle):
             self._update_lag()
         async with self._batch_lock:
             try:
-                await self._flush()
+                await self._flush_for_handover()
             except _NotCommittedError as exc:
                 logger.warning("%s; read again from the last commit after a restart", exc)
 
@@ -608,6 +603,16 @@ class Service(Lifecycle):
         if revoked:
             logger.info("partitions revoked: %s", _tps(revoked))
 
+    async def _flush_for_handover(self) -> None:
+        """:meth:`_flush`, then wait until the partitions it committed show that commit to
+        whoever reads the group's offsets next (before a revocation or a stop hands them
+        over): see :meth:`_await_visible`."""
+        before = dict(self._last_commit)
+        await self._flush()
+        await self._await_visible(
+            [tp for tp, commit in self._last_commit.items() if before.get(tp) != commit]
+        )
+
     async def _await_visible(self, tps: list[TopicPartition]) -> None:
         """Wait until the group's offsets show this process's last commit of ``tps``.
 
@@ -615,9 +620,9 @@ class Service(Lifecycle):
         the producer's commit returned; a Kafka 2.3 broker answers the next owner with the
         commit before (no KIP-447 ``require_stable``), and if there was none, the next owner
         reads the partition from the start and scores its windows again (seen once in 11 runs
-        of tests/integration/test_commit_interval.py). Handing the partitions over only once
-        the commit shows closes that gap; after COMMIT_VISIBLE_WAIT_S it is left to chance,
-        with a warning.
+        of tests/integration/test_commit_interval.py). Handing the partitions over (a
+        revocation, a stop) only once the commit shows closes that gap; after
+        COMMIT_VISIBLE_WAIT_S it is left to chance, with a warning.
         """
         if not tps or self._admin is None:
             return

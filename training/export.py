@@ -71,8 +71,8 @@ def balanced_weights(sensor_error: npt.NDArray[np.floating]) -> npt.NDArray[np.f
     Unweighted, the sensors the model reconstructs worst on normal data (e.g. vibration RMS)
     make most of the score and its noise, and a clear departure of a well-reconstructed
     sensor (a pressure, a flow) moves the score little. Weighted, each sensor's error counts in
-    units of its own normal level. A sensor whose normal error is (near) zero is capped at
-    ``1e6`` times the smallest weight otherwise, not given an infinite one.
+    units of its own normal level. A sensor whose normal error is (near) zero gets at most
+    ``1e6`` times the smallest weight, not an infinite one.
     """
     level = np.asarray(sensor_error, np.float64).mean(axis=0)
     if level.ndim != 1 or not len(level) or not np.all(np.isfinite(level)):

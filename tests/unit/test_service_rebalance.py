@@ -80,8 +80,19 @@ class _Producer:
 
 
 class _Admin:
-    async def list_consumer_group_offsets(self, group_id: str, partitions: Any) -> dict[Any, Any]:
-        return {}  # nothing committed yet
+    """The group's offsets: what the producer stand-in committed last, per partition."""
+
+    def __init__(self, producer: _Producer) -> None:
+        self.producer = producer
+
+    async def list_consumer_group_offsets(
+        self, group_id: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        committed = {tp: c for offsets in self.producer.offsets for tp, c in offsets.items()}
+        return {tp: OffsetAndMetadata(*committed[tp]) for tp in partitions if tp in committed}
+
+    async def close(self) -> None:
+        pass
 
 
 def _service(tmp_path: Path) -> tuple[Service, _Consumer, _Producer]:
@@ -101,7 +112,7 @@ def _service(tmp_path: Path) -> tuple[Service, _Consumer, _Producer]:
     producer = _Producer()
     service._consumer = consumer  # type: ignore[assignment]
     service._producer = producer  # type: ignore[assignment]
-    service._admin = _Admin()  # type: ignore[assignment]
+    service._admin = _Admin(producer)  # type: ignore[assignment]
     service._started = True
     return service, consumer, producer
 
@@ -152,13 +163,13 @@ async def test_a_batch_fetched_after_an_assignment_is_handled(
     assert [offsets[TP][0] for offsets in producer.offsets] == [100]
 
 
-class _LaggingAdmin:
-    """Shows the producer's last commit only from fetch ``lag + 1`` on, as a broker does once
-    the transaction's marker is written; records how many assets the service held then."""
+class _LaggingAdmin(_Admin):
+    """Shows the producer's commits only from fetch ``lag + 1`` on, as a broker does once the
+    transaction's marker is written; records how many assets the service held then."""
 
     def __init__(self, service: Service, producer: _Producer, lag: int) -> None:
+        super().__init__(producer)
         self.service = service
-        self.producer = producer
         self.lag = lag
         self.held: list[int] = []
 
@@ -166,13 +177,9 @@ class _LaggingAdmin:
         self, group_id: str, partitions: list[TopicPartition]
     ) -> dict[TopicPartition, OffsetAndMetadata]:
         self.held.append(len(self.service.pipeline.store))
-        if len(self.held) <= self.lag or not self.producer.offsets:
+        if len(self.held) <= self.lag:
             return {}
-        return {
-            tp: OffsetAndMetadata(offset, metadata)
-            for tp, (offset, metadata) in self.producer.offsets[-1].items()
-            if tp in partitions
-        }
+        return await super().list_consumer_group_offsets(group_id, partitions)
 
 
 async def test_a_revocation_hands_over_only_once_its_commit_shows(tmp_path: Path) -> None:
@@ -210,3 +217,13 @@ async def test_a_revocation_with_nothing_open_asks_nothing(tmp_path: Path) -> No
     await _Rebalance(service).on_partitions_revoked([TP])
     assert producer.transactions == 0
     assert admin.held == []
+
+
+async def test_a_stop_waits_until_its_last_commit_shows(tmp_path: Path) -> None:
+    # The next instance to get the partitions must not start from an older commit.
+    service, _, producer = _service(tmp_path)
+    admin = _LaggingAdmin(service, producer, lag=2)
+    service._admin = admin  # type: ignore[assignment]
+    await service.run()
+    assert producer.transactions == 1
+    assert len(admin.held) == 3

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 
 from monitor import service as service_module
 from monitor.config import Settings
@@ -91,8 +92,16 @@ class _Producer:
 
 
 class _Admin:
-    async def list_consumer_group_offsets(self, group_id: str, partitions: Any) -> dict[Any, Any]:
-        return {}
+    """The group's offsets: what the producer stand-in committed last, per partition."""
+
+    def __init__(self, producer: _Producer) -> None:
+        self.producer = producer
+
+    async def list_consumer_group_offsets(
+        self, group_id: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        committed = {tp: c for offsets in self.producer.offsets for tp, c in offsets.items()}
+        return {tp: OffsetAndMetadata(*committed[tp]) for tp in partitions if tp in committed}
 
     async def close(self) -> None:
         pass
@@ -152,7 +161,7 @@ def _service(
     producer = _Producer()
     service._consumer = _Consumer(service)  # type: ignore[assignment]
     service._producer = producer  # type: ignore[assignment]
-    service._admin = _Admin()  # type: ignore[assignment]
+    service._admin = _Admin(producer)  # type: ignore[assignment]
     service._started = True
     return service, scorer, producer, observed
 

@@ -80,7 +80,9 @@ class Receiver:
 
 async def main(args: argparse.Namespace) -> int:
     run = uuid.uuid4().hex[:6]
-    topics = {name: f"demo.{name}.{run}" for name in ("readings", "alerts", "dead-letter")}
+    # Every topic serve needs, its own per run (the broker does not create topics).
+    names = ("readings", "alerts", "dead-letter", "delivery-dead-letter")
+    topics = {name: f"demo.{name}.{run}" for name in names}
     admin = AIOKafkaAdminClient(bootstrap_servers=args.bootstrap)
     await admin.start()
     try:
@@ -112,6 +114,7 @@ async def main(args: argparse.Namespace) -> int:
         "alerts": {"topic": topics["alerts"]},
         "delivery": {
             "group_id": f"demo-notify-{run}",
+            "dead_letter_topic": topics["delivery-dead-letter"],
             "webhooks": [
                 {"name": "demo", "url": f"http://127.0.0.1:{hook_port}/alerts", "secret": SECRET}
             ],

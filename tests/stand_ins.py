@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 
 
 def json_record(
@@ -25,3 +27,25 @@ def json_record(
         serialized_value_size=len(value),
         headers=(),
     )
+
+
+class _Committing(Protocol):
+    #: Every ``send_offsets_to_transaction`` call's offsets, in order.
+    offsets: list[dict[TopicPartition, tuple[int, str]]]
+
+
+class GroupOffsets:
+    """An admin client whose group offsets are what ``producer`` (a producer stand-in that
+    records its ``send_offsets_to_transaction`` calls) committed last, per partition."""
+
+    def __init__(self, producer: _Committing) -> None:
+        self.producer = producer
+
+    async def list_consumer_group_offsets(
+        self, group_id: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        committed = {tp: c for offsets in self.producer.offsets for tp, c in offsets.items()}
+        return {tp: OffsetAndMetadata(*committed[tp]) for tp in partitions if tp in committed}
+
+    async def close(self) -> None:
+        pass

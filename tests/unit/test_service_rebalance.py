@@ -31,7 +31,7 @@ from monitor.events import ModelRef
 from monitor.records import Decoder, DecoderConfig
 from monitor.service import Service, _Pipeline, _Rebalance
 from monitor.windows import WindowStore
-from tests.stand_ins import json_record
+from tests.stand_ins import GroupOffsets, json_record
 
 FEATURES = ("a", "b")
 TP = TopicPartition("readings", 0)
@@ -79,22 +79,6 @@ class _Producer:
         self.offsets.append(offsets)
 
 
-class _Admin:
-    """The group's offsets: what the producer stand-in committed last, per partition."""
-
-    def __init__(self, producer: _Producer) -> None:
-        self.producer = producer
-
-    async def list_consumer_group_offsets(
-        self, group_id: str, partitions: list[TopicPartition]
-    ) -> dict[TopicPartition, OffsetAndMetadata]:
-        committed = {tp: c for offsets in self.producer.offsets for tp, c in offsets.items()}
-        return {tp: OffsetAndMetadata(*committed[tp]) for tp in partitions if tp in committed}
-
-    async def close(self) -> None:
-        pass
-
-
 def _service(tmp_path: Path) -> tuple[Service, _Consumer, _Producer]:
     service = Service(Settings.model_validate({"model": {"path": str(tmp_path)}}))
     service._pipeline = _Pipeline(
@@ -112,7 +96,7 @@ def _service(tmp_path: Path) -> tuple[Service, _Consumer, _Producer]:
     producer = _Producer()
     service._consumer = consumer  # type: ignore[assignment]
     service._producer = producer  # type: ignore[assignment]
-    service._admin = _Admin(producer)  # type: ignore[assignment]
+    service._admin = GroupOffsets(producer)  # type: ignore[assignment]
     service._started = True
     return service, consumer, producer
 
@@ -163,7 +147,7 @@ async def test_a_batch_fetched_after_an_assignment_is_handled(
     assert [offsets[TP][0] for offsets in producer.offsets] == [100]
 
 
-class _LaggingAdmin(_Admin):
+class _LaggingAdmin(GroupOffsets):
     """Shows the producer's commits only from fetch ``lag + 1`` on, as a broker does once the
     transaction's marker is written; records how many assets the service held then."""
 

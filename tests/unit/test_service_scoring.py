@@ -16,7 +16,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.structs import OffsetAndMetadata
 
 from monitor import service as service_module
 from monitor.config import Settings
@@ -26,7 +25,7 @@ from monitor.records import Decoder, DecoderConfig
 from monitor.scoring import Scores
 from monitor.service import Service, _Pipeline
 from monitor.windows import WindowStore
-from tests.stand_ins import json_record
+from tests.stand_ins import GroupOffsets, json_record
 
 FEATURES = ("a", "b")
 PARTITIONS = [TopicPartition("readings", p) for p in range(3)]
@@ -91,22 +90,6 @@ class _Producer:
         pass
 
 
-class _Admin:
-    """The group's offsets: what the producer stand-in committed last, per partition."""
-
-    def __init__(self, producer: _Producer) -> None:
-        self.producer = producer
-
-    async def list_consumer_group_offsets(
-        self, group_id: str, partitions: list[TopicPartition]
-    ) -> dict[TopicPartition, OffsetAndMetadata]:
-        committed = {tp: c for offsets in self.producer.offsets for tp, c in offsets.items()}
-        return {tp: OffsetAndMetadata(*committed[tp]) for tp in partitions if tp in committed}
-
-    async def close(self) -> None:
-        pass
-
-
 class _Scorer:
     """Scores a window by its last reading of sensor "a"; ``hold`` runs before each call."""
 
@@ -161,7 +144,7 @@ def _service(
     producer = _Producer()
     service._consumer = _Consumer(service)  # type: ignore[assignment]
     service._producer = producer  # type: ignore[assignment]
-    service._admin = _Admin(producer)  # type: ignore[assignment]
+    service._admin = GroupOffsets(producer)  # type: ignore[assignment]
     service._started = True
     return service, scorer, producer, observed
 

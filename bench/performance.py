@@ -305,6 +305,15 @@ class PipelineRun:
     seconds: float
     windows: int  # scored
     alert_events: int  # on the alerts topic, by event type
+    #: Seconds per stage of the service's ``batch_stage_seconds`` (``score`` runs in the
+    #: scoring thread beside the loop; the loop waits ``score_wait`` for it).
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def stage_line(self) -> str:
+        order = ("decode", "windows", "score", "score_wait", "detect", "commit")
+        parts = [f"{s} {self.stages[s]:.3g}" for s in order if s in self.stages]
+        loop = sum(v for s, v in self.stages.items() if s != "score")
+        return f"{', '.join(parts)}; loop {loop:.3g} of {self.seconds:.3g} s"
 
 
 async def plantwatch_run(
@@ -328,7 +337,14 @@ async def plantwatch_run(
                     for sample in metric.samples
                     if sample.name.endswith("_total")
                 )
-                return PipelineRun(seconds, int(_scored(service)), int(events))
+                stages = {
+                    sample.labels["stage"]: sample.value
+                    for metric in service.registry.collect()
+                    if metric.name == "plantwatch_batch_stage_seconds"
+                    for sample in metric.samples
+                    if sample.name.endswith("_sum")
+                }
+                return PipelineRun(seconds, int(_scored(service)), int(events), stages)
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
@@ -993,6 +1009,7 @@ async def main(args: argparse.Namespace) -> int:
         )
         say("|---|---|---|---|---|---|---|")
         scored: list[str] = []
+        stage_lines: list[str] = []
         for fmt in args.formats:
             topic = f"bench-{fmt}-{n_features}-{uuid.uuid4().hex[:6]}"
             msgs = messages(fmt, features, values, t0=1_767_225_600_000)
@@ -1022,10 +1039,17 @@ async def main(args: argparse.Namespace) -> int:
                 "alert_events": run.alert_events,
             }
             scored.append(f"{fmt} {run.windows:,} windows, {run.alert_events:,} alert events")
+            stage_lines.append(f"- {fmt}: {run.stage_line()}")
         say(
             "\nReadings/s. The naive loop has no binary decoder, so it only reads JSON. "
             f"Per plantwatch run: {'; '.join(scored)}.\n"
         )
+        say(
+            "Where the last plantwatch run of each format spent its time (seconds, the service's "
+            "`batch_stage_seconds`; score runs in the scoring thread beside the loop, which "
+            "waits score_wait for it; loop: every stage but score):\n"
+        )
+        say("\n".join(stage_lines) + "\n")
         if latency_bundle is None:
             latency_bundle = dense
         trained[(args.window, n_features)] = dense

@@ -34,4 +34,13 @@ def test_performance_benchmark_smoke(kafka_bootstrap: str, tmp_path: Path) -> No
         # consume limit, serial limit and plantwatch are measured positive rates.
         for cell in cells[1:4]:
             assert float(cell.split()[0].replace(",", "")) > 0, row
+    # Where each format's run spent its time: every stage measured, the loop within the run.
+    for fmt in ("json", "json-batch", "binary"):
+        line = next(line for line in text.splitlines() if line.startswith(f"- {fmt}: decode "))
+        stages, _, loop = line.partition("; loop ")
+        assert all(float(part.split()[-1]) > 0 for part in stages.split(": ", 1)[1].split(", ")), (
+            line
+        )
+        spent, _, run = loop.removesuffix(" s").partition(" of ")
+        assert 0 < float(spent) <= float(run), line
     assert "peak RSS" in text

@@ -627,9 +627,12 @@ class Service(Lifecycle):
         if not tps or self._admin is None:
             return
         group = self.settings.input.group_id
-        deadline = time.monotonic() + COMMIT_VISIBLE_WAIT_S
+        started = time.monotonic()
+        deadline = started + COMMIT_VISIBLE_WAIT_S
         pending = tps
+        asked = 0
         while True:
+            asked += 1
             try:
                 fetched = await self._admin.list_consumer_group_offsets(group, partitions=pending)
             except KafkaError as exc:
@@ -644,6 +647,14 @@ class Service(Lifecycle):
                 or (meta.offset, meta.metadata) != self._last_commit.get(tp)
             ]
             if not pending:
+                if asked > 1:  # the race this wait is for: worth a line when it happens
+                    logger.info(
+                        "the commit of %s showed in group %r after %.0f ms (%d fetches)",
+                        _tps(tps),
+                        group,
+                        (time.monotonic() - started) * 1000,
+                        asked,
+                    )
                 return
             if time.monotonic() >= deadline:
                 logger.warning(

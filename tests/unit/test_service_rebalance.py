@@ -166,12 +166,17 @@ class _LaggingAdmin(GroupOffsets):
         return await super().list_consumer_group_offsets(group_id, partitions)
 
 
-async def test_a_revocation_hands_over_only_once_its_commit_shows(tmp_path: Path) -> None:
+async def test_a_revocation_hands_over_only_once_its_commit_shows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     service, consumer, producer = _service(tmp_path)
     admin = _LaggingAdmin(service, producer, lag=3)
     service._admin = admin  # type: ignore[assignment]
     await service._process({TP: consumer.records})
-    await _Rebalance(service).on_partitions_revoked([TP])
+    with caplog.at_level(logging.INFO, logger="monitor.service"):
+        await _Rebalance(service).on_partitions_revoked([TP])
+    assert "the commit of readings[0] showed in group" in caplog.text
+    assert "(4 fetches)" in caplog.text
     assert producer.transactions == 1
     # Asked until the commit showed, each time still holding the partition's windows.
     assert admin.held == [3, 3, 3, 3]

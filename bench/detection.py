@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from training.calibrate import RULES, SENSOR_WEIGHTINGS
 from training.evaluate import AlertOptions, EvaluationResult, ModelOptions, evaluate
 from training.evaluate.protocols import slug
 from training.evaluate.simdata import SimDataset, write_sim_dataset
@@ -433,10 +434,10 @@ def main() -> int:
     r.add_argument(
         "--sensor-weighting",
         default="none",
-        choices=("none", "balanced"),
+        choices=SENSOR_WEIGHTINGS,
         help="the log's labels predate the option: tag balanced runs (e.g. --tag bal)",
     )
-    r.add_argument("--threshold-rule", default="quantile", choices=("quantile", "pot"))
+    r.add_argument("--threshold-rule", default="quantile", choices=RULES)
     r.add_argument("--threshold-quantile", type=float, default=0.99)
     r.add_argument("--threshold-factor", type=float, default=1.5)
     r.add_argument("--pot-level", type=float, default=0.98)

@@ -251,7 +251,7 @@ def _add_sensor_weighting(p: argparse.ArgumentParser) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     try:
-        from training.calibrate import build_rule
+        from training.calibrate import rule_from_options
         from training.fit import FitConfig
         from training.pipeline import TrainConfig, train_bundle
     except ImportError as exc:
@@ -259,13 +259,13 @@ def _run_train(args: argparse.Namespace) -> int:
             f"'plantwatch train' needs the training extra ({exc.name} is missing): "
             "pip install 'plantwatch[train]'"
         ) from None
-    try:
-        if args.threshold_rule == "pot":
-            rule = build_rule("pot", level=args.pot_level, risk=args.pot_risk)
-        else:
-            rule = build_rule("quantile", q=args.threshold_quantile, factor=args.threshold_factor)
-    except ValueError as exc:
-        raise ConfigError(f"threshold rule {args.threshold_rule}: {exc}") from None
+    rule = rule_from_options(
+        args.threshold_rule,
+        q=args.threshold_quantile,
+        factor=args.threshold_factor,
+        level=args.pot_level,
+        risk=args.pot_risk,
+    )
     if not 0.0 < args.validation_fraction < 1.0:
         raise ConfigError("--validation-fraction must be between 0 and 1")
     # Read the key before hours of training, not after.

@@ -607,11 +607,7 @@ class Service(Lifecycle):
         """:meth:`_flush`, then wait until the partitions it committed show that commit to
         whoever reads the group's offsets next (before a revocation or a stop hands them
         over): see :meth:`_await_visible`."""
-        before = dict(self._last_commit)
-        await self._flush()
-        await self._await_visible(
-            [tp for tp, commit in self._last_commit.items() if before.get(tp) != commit]
-        )
+        await self._await_visible(await self._flush())
 
     async def _await_visible(self, tps: list[TopicPartition]) -> None:
         """Wait until the group's offsets show this process's last commit of ``tps``.
@@ -636,9 +632,7 @@ class Service(Lifecycle):
             try:
                 fetched = await self._admin.list_consumer_group_offsets(group, partitions=pending)
             except KafkaError as exc:
-                logger.warning(
-                    "could not check that the commit before the rebalance shows: %r", exc
-                )
+                logger.warning("could not check that the commit before the handover shows: %r", exc)
                 return
             pending = [
                 tp
@@ -841,14 +835,15 @@ class Service(Lifecycle):
             raise
         self._observe_stages(self._open)
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> list[TopicPartition]:
         """Commit the batches handled since the last commit, in one transaction: their alert
-        events, scores and dead letters, each partition's offset and alert state. Raises
-        :class:`_NotCommittedError` (the batches are then dropped, the caller rewinds)."""
+        events, scores and dead letters, each partition's offset and alert state; return the
+        partitions committed. Raises :class:`_NotCommittedError` (the batches are then
+        dropped, the caller rewinds)."""
         await self._detect_scored()
         out, self._open = self._open, None
         if out is None:
-            return
+            return []
         t0 = time.perf_counter()
         await self._commit(out, out.last_offset)
         self.metrics.batch_stage.labels("commit").observe(time.perf_counter() - t0)
@@ -858,6 +853,7 @@ class Service(Lifecycle):
             self._position[tp] = offset + 1
             if self._replay_through.get(tp, -1) <= offset:
                 self._replay_through.pop(tp, None)
+        return list(out.last_offset)
 
     def _warn_refused(self, readings: int) -> None:
         """Say, at most every CAP_WARN_S, that the asset cap refuses live readings: otherwise

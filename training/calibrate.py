@@ -196,6 +196,10 @@ class PotRule:
 
 ThresholdRule = QuantileRule | PotRule
 RULES = ("quantile", "pot")
+#: How a bundle's score weighs the sensors' errors (``TrainConfig.sensor_weighting``): the plain
+#: mean, or each sensor in units of its mean error on the validation windows
+#: (:func:`training.export.balanced_weights`, calibrated with the threshold).
+SENSOR_WEIGHTINGS = ("none", "balanced")
 
 
 def build_rule(name: str, **params: float) -> ThresholdRule:
@@ -208,6 +212,16 @@ def build_rule(name: str, **params: float) -> ThresholdRule:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"threshold rule {name}: {exc}") from None
     return rule
+
+
+def rule_from_options(
+    name: str, *, q: float, factor: float, level: float, risk: float
+) -> ThresholdRule:
+    """:func:`build_rule` from the ``--threshold-*`` and ``--pot-*`` options of ``train`` and
+    ``evaluate``: ``pot`` takes ``level`` and ``risk``, ``quantile`` ``q`` and ``factor``."""
+    if name == "pot":
+        return build_rule(name, level=level, risk=risk)
+    return build_rule(name, q=q, factor=factor)
 
 
 # --- semi-supervised calibration --------------------------------------------------------------

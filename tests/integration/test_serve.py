@@ -92,9 +92,9 @@ async def test_faults_raise_alerts_on_the_right_assets(
                 assert names & set(hit[0].sensors), report
         else:
             false_alerts += 1
-            near = [f"{f.kind} on {f.asset} at {f.start_ms}-{f.end_ms}" for f in sim.faults]
+            faults = [f"{f.kind} on {f.asset} at {f.start_ms}-{f.end_ms}" for f in sim.faults]
             top = [s.sensor for s in e.top_sensors]
-            report.append(f"  false: {e.asset} at {e.start_ts_ms}, top {top}; faults: {near}")
+            report.append(f"  false: {e.asset} at {e.start_ts_ms}, top {top}; faults: {faults}")
     report.append(f"false alerts: {false_alerts}")
     print("\n".join(report))
     for fault in sim.faults:

@@ -17,6 +17,7 @@ from training.calibrate import (
     calibrate_supervised,
     detector_grid,
     fit_gpd,
+    rule_from_options,
 )
 
 
@@ -96,6 +97,14 @@ def test_build_rule_by_name() -> None:
         build_rule("evt")
     with pytest.raises(ConfigError, match="threshold rule pot"):
         build_rule("pot", risk=0.5)
+
+
+def test_rule_from_options_takes_each_rule_its_own_options() -> None:
+    options = {"q": 0.95, "factor": 2.0, "level": 0.9, "risk": 1e-3}
+    assert rule_from_options("quantile", **options) == QuantileRule(q=0.95, factor=2.0)
+    assert rule_from_options("pot", **options) == PotRule(level=0.9, risk=1e-3)
+    with pytest.raises(ConfigError, match="unknown threshold rule 'evt'"):
+        rule_from_options("evt", **options)
 
 
 def _labelled(seed: int, n: int = 1500) -> LabelledScores:

@@ -233,7 +233,7 @@ def _train(
     label_column: str,
     interval_s: float | None,
 ) -> Bundle:
-    from training.calibrate import build_rule
+    from training.calibrate import rule_from_options
     from training.fit import FitConfig
     from training.pipeline import TrainConfig, train_bundle
 
@@ -251,10 +251,12 @@ def _train(
         label_column=label_column,
         interval_s=interval_s,
         validation_fraction=model.validation_fraction,
-        threshold=(
-            build_rule("pot", level=model.pot_level, risk=model.pot_risk)
-            if model.threshold_rule == "pot"
-            else build_rule("quantile", q=model.threshold_quantile, factor=model.threshold_factor)
+        threshold=rule_from_options(
+            model.threshold_rule,
+            q=model.threshold_quantile,
+            factor=model.threshold_factor,
+            level=model.pot_level,
+            risk=model.pot_risk,
         ),
         fit=FitConfig(
             epochs=model.epochs,

@@ -5,6 +5,10 @@
  *     the run is not provably valid (the caller then takes its Python path, which has the final
  *     word on every rejection). See monitor/records.py (Decoder._fast_json) for the contract.
  *
+ * append_readings(assets, index, ts, values, offsets, slabs, state, pending, ...)
+ *     Readings of many assets appended to the window store's rings in one pass, each window
+ *     they complete copied out once (monitor/windows.py, WindowStore.append_many).
+ *
  * gather_windows(seq, starts, length, out)
  *     out[k] = seq[starts[k] : starts[k] + length], one memcpy per window
  *     (monitor/windows.py, _gather).
@@ -1123,6 +1127,327 @@ done:
     return result;
 }
 
+/* -- append_readings --------------------------------------------------------------------- */
+
+PyDoc_STRVAR(append_readings_doc,
+"append_readings(assets, index, ts, values, offsets, slabs, state, pending, ready, slots,\n"
+"                gap, stride, max_step, partition, seen_mark)\n--\n\n"
+"The no-gap core of WindowStore.append_many (monitor/windows.py): readings appended one at a\n"
+"time in input order, in one pass. Returns the number of windows made ready (written to\n"
+"pending[k][:count], their reading indices to ready[:count]); -1 if a reading is not after\n"
+"its asset's previous one, None if an asset is not in index, -2 if pending has room for\n"
+"fewer windows than readings: in these three cases nothing is changed. Assets with a gap (a step above max_step) are left alone: their readings are\n"
+"marked in gap for the caller's block path. slots[i] receives reading i's slot.");
+
+#define A_TOUCHED 1
+#define A_GAP 2
+
+typedef struct {
+    Py_buffer *views;
+    Py_ssize_t held;
+} buffers_t;
+
+/* The buffer of a C-contiguous ndim-d array of one of the struct codes (itemsize bytes), or
+ * NULL with TypeError. Every buffer taken is released by release_all. */
+static Py_buffer *
+take_array(buffers_t *bs, PyObject *obj, const char *codes, Py_ssize_t itemsize, int ndim,
+           int writable, const char *what)
+{
+    Py_buffer *v = &bs->views[bs->held];
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, v, flags) < 0)
+        return NULL;
+    bs->held++;
+    if (v->ndim != ndim || v->itemsize != itemsize || !format_is(v, codes)) {
+        PyErr_Format(PyExc_TypeError,
+                     "append_readings(): %s must be a %d-d array of '%s' (%zd bytes each)", what,
+                     ndim, codes, itemsize);
+        return NULL;
+    }
+    return v;
+}
+
+static void
+release_all(buffers_t *bs)
+{
+    for (Py_ssize_t k = 0; k < bs->held; k++)
+        PyBuffer_Release(&bs->views[k]);
+    PyMem_Free(bs->views);
+}
+
+#define I64 "lq"
+#define N_STATE 6 /* count, head, last_ts, phase, part, seen */
+#define N_PENDING 5 /* windows, ts, partition, offset, first offset */
+
+static PyObject *
+append_readings(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *assets, *index, *slabs, *state, *pending, *result = NULL;
+    Py_buffer *b, *st[N_STATE], *pd[N_PENDING];
+    buffers_t bs = {NULL, 0};
+    float **slab_vals = NULL;
+    int64_t **slab_offs = NULL;
+    Py_ssize_t *slots, *ready, n, nf, n_slabs, size = 0, length = 0, n_state, i, k;
+    Py_ssize_t stride, room, done = 0, n_ready = 0;
+    long long max_step, partition, seen_mark;
+    const int64_t *ts, *offsets;
+    const float *values;
+    int64_t *count, *head, *last_ts, *phase, *part, *seen, *prev = NULL;
+    unsigned char *flags = NULL, *gap;
+    int status = 0; /* 1: an unknown asset, 2: a reading not after its asset's previous one */
+
+    if (nargs != 15) {
+        PyErr_Format(PyExc_TypeError, "append_readings() takes 15 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    assets = args[0];
+    index = args[1];
+    slabs = args[5];
+    state = args[6];
+    pending = args[7];
+    if (!PyList_CheckExact(assets) || !PyDict_Check(index) || !PyList_CheckExact(slabs) ||
+        !PyTuple_CheckExact(state) || PyTuple_GET_SIZE(state) != N_STATE ||
+        !PyTuple_CheckExact(pending) || PyTuple_GET_SIZE(pending) != N_PENDING) {
+        PyErr_SetString(PyExc_TypeError,
+                        "append_readings(): assets must be a list, index a dict, slabs a list, "
+                        "state a 6-tuple and pending a 5-tuple");
+        return NULL;
+    }
+    if ((stride = PyLong_AsSsize_t(args[11])) == -1 && PyErr_Occurred())
+        return NULL;
+    if ((max_step = PyLong_AsLongLong(args[12])) == -1 && PyErr_Occurred())
+        return NULL;
+    if ((partition = PyLong_AsLongLong(args[13])) == -1 && PyErr_Occurred())
+        return NULL;
+    if ((seen_mark = PyLong_AsLongLong(args[14])) == -1 && PyErr_Occurred())
+        return NULL;
+    if (stride < 1 || partition < INT32_MIN || partition > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "append_readings(): stride or partition out of range");
+        return NULL;
+    }
+    n = PyList_GET_SIZE(assets);
+    n_slabs = PyList_GET_SIZE(slabs);
+    bs.views = PyMem_Calloc((size_t)(8 + N_STATE + N_PENDING + 2 * n_slabs), sizeof(Py_buffer));
+    slab_vals = PyMem_Calloc((size_t)n_slabs + 1, sizeof(float *));
+    slab_offs = PyMem_Calloc((size_t)n_slabs + 1, sizeof(int64_t *));
+    if (bs.views == NULL || slab_vals == NULL || slab_offs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+
+    if (!(b = take_array(&bs, args[3], "f", sizeof(float), 2, 0, "values")))
+        goto done;
+    values = b->buf;
+    nf = b->shape[1];
+    if (b->shape[0] != n)
+        goto bad_shape;
+    if (!(b = take_array(&bs, args[2], I64, 8, 1, 0, "ts")))
+        goto done;
+    ts = b->buf;
+    if (b->shape[0] != n)
+        goto bad_shape;
+    if (!(b = take_array(&bs, args[4], I64, 8, 1, 0, "offsets")))
+        goto done;
+    offsets = b->buf;
+    if (b->shape[0] != n)
+        goto bad_shape;
+    for (k = 0; k < n_slabs; k++) {
+        PyObject *pair = PyList_GET_ITEM(slabs, k);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "append_readings(): slabs must hold 2-tuples");
+            goto done;
+        }
+        if (!(b = take_array(&bs, PyTuple_GET_ITEM(pair, 0), "f", sizeof(float), 3, 1,
+                             "a slab's values")))
+            goto done;
+        if (k == 0) {
+            size = b->shape[0];
+            length = b->shape[1] / 2;
+        }
+        if (b->shape[0] != size || b->shape[1] != 2 * length || b->shape[2] != nf)
+            goto bad_shape;
+        slab_vals[k] = b->buf;
+        if (!(b = take_array(&bs, PyTuple_GET_ITEM(pair, 1), I64, 8, 2, 1, "a slab's offsets")))
+            goto done;
+        if (b->shape[0] != size || b->shape[1] != length)
+            goto bad_shape;
+        slab_offs[k] = b->buf;
+    }
+    n_state = n_slabs * size;
+    for (k = 0; k < N_STATE; k++) {
+        if (!(st[k] = take_array(&bs, PyTuple_GET_ITEM(state, k), I64, 8, 1, 1, "state")))
+            goto done;
+        if (st[k]->shape[0] < n_state)
+            goto bad_shape;
+    }
+    count = st[0]->buf;
+    head = st[1]->buf;
+    last_ts = st[2]->buf;
+    phase = st[3]->buf;
+    part = st[4]->buf;
+    seen = st[5]->buf;
+    if (!(pd[0] = take_array(&bs, PyTuple_GET_ITEM(pending, 0), "f", sizeof(float), 3, 1,
+                             "pending windows")))
+        goto done;
+    if (pd[0]->shape[1] != length || pd[0]->shape[2] != nf)
+        goto bad_shape;
+    room = pd[0]->shape[0];
+    for (k = 1; k < N_PENDING; k++) {
+        const char *codes = k == 2 ? "i" : I64;
+        if (!(pd[k] = take_array(&bs, PyTuple_GET_ITEM(pending, k), codes, k == 2 ? 4 : 8, 1, 1,
+                                 "pending")))
+            goto done;
+        if (pd[k]->shape[0] < room)
+            room = pd[k]->shape[0];
+    }
+    if (!(b = take_array(&bs, args[8], "lqn", sizeof(Py_ssize_t), 1, 1, "ready")))
+        goto done;
+    ready = b->buf;
+    if (b->shape[0] < n)
+        goto bad_shape;
+    if (!(b = take_array(&bs, args[9], "lqn", sizeof(Py_ssize_t), 1, 1, "slots")))
+        goto done;
+    slots = b->buf;
+    if (b->shape[0] < n)
+        goto bad_shape;
+    if (!(b = take_array(&bs, args[10], "?", 1, 1, 1, "gap")))
+        goto done;
+    gap = b->buf;
+    if (b->shape[0] < n)
+        goto bad_shape;
+    if (n == 0) {
+        result = PyLong_FromSsize_t(0);
+        goto done;
+    }
+    if (n_slabs == 0) {
+        result = Py_NewRef(Py_None); /* every asset is unknown */
+        goto done;
+    }
+
+    /* Pass 1: look every asset up and check every step, tracking each asset's last timestamp
+     * in last_ts (the previous values kept in prev, put back afterwards). */
+    prev = PyMem_Malloc((size_t)n * sizeof(int64_t));
+    flags = PyMem_Calloc((size_t)n_state, 1);
+    if (prev == NULL || flags == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *key = PyList_GET_ITEM(assets, i), *v;
+        Py_ssize_t slot;
+        int open = 0;
+        if (!PyUnicode_CheckExact(key)) {
+            PyErr_SetString(PyExc_TypeError, "append_readings(): assets must be str");
+            break;
+        }
+        v = PyDict_GetItemWithError(index, key);
+        if (v == NULL) {
+            if (!PyErr_Occurred())
+                status = 1;
+            break;
+        }
+        slot = PyLong_AsSsize_t(v);
+        if (slot < 0 || slot >= n_state) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "append_readings(): slot %zd out of range", slot);
+            break;
+        }
+        slots[i] = slot;
+        if (!(flags[slot] & A_TOUCHED)) {
+            flags[slot] |= A_TOUCHED;
+            open = count[slot] == 0; /* a fresh run's first reading has no step */
+        }
+        if (!open) {
+            int64_t dt = ts[i] - last_ts[slot];
+            if (dt <= 0) {
+                status = 2;
+                break;
+            }
+            if (dt > max_step)
+                flags[slot] |= A_GAP;
+        }
+        prev[i] = last_ts[slot];
+        last_ts[slot] = ts[i];
+        done = i + 1;
+    }
+    for (i = done - 1; i >= 0; i--)
+        last_ts[slots[i]] = prev[i];
+    if (PyErr_Occurred())
+        goto done;
+    if (status) {
+        result = status == 1 ? Py_NewRef(Py_None) : PyLong_FromLong(-1);
+        goto done;
+    }
+    if (room < n) { /* checked last: the caller makes room only for readings it will keep */
+        result = PyLong_FromLong(-2);
+        goto done;
+    }
+
+    /* Pass 2: each reading into its asset's ring (twice, at head and head + L), and each
+     * window it completes copied out in one piece. */
+    {
+        const size_t row = (size_t)nf, window = (size_t)length * (size_t)nf;
+        float *pw = pd[0]->buf;
+        int64_t *pts = pd[1]->buf, *poff = pd[3]->buf, *pfirst = pd[4]->buf;
+        int32_t *ppart = pd[2]->buf;
+        for (i = 0; i < n; i++) {
+            const Py_ssize_t slot = slots[i];
+            float *rv;
+            int64_t *ro, h, c, ph;
+            if (flags[slot] & A_GAP) {
+                gap[i] = 1;
+                continue;
+            }
+            gap[i] = 0;
+            rv = slab_vals[slot / size] + (size_t)(slot % size) * 2 * window;
+            ro = slab_offs[slot / size] + (size_t)(slot % size) * (size_t)length;
+            h = head[slot];
+            memcpy(rv + (size_t)h * row, values + (size_t)i * row, row * sizeof(float));
+            memcpy(rv + (size_t)(h + length) * row, values + (size_t)i * row,
+                   row * sizeof(float));
+            ro[h] = offsets[i];
+            if (++h == length)
+                h = 0;
+            head[slot] = h;
+            last_ts[slot] = ts[i];
+            part[slot] = partition;
+            seen[slot] = seen_mark;
+            c = count[slot];
+            if (c < length)
+                count[slot] = ++c;
+            ph = phase[slot] + 1;
+            if (c < length || ph < stride) {
+                phase[slot] = ph < stride ? ph : stride;
+                continue;
+            }
+            phase[slot] = 0;
+            /* After the advance, head is the window's oldest reading. */
+            memcpy(pw + (size_t)n_ready * window, rv + (size_t)h * row, window * sizeof(float));
+            pts[n_ready] = ts[i];
+            ppart[n_ready] = (int32_t)partition;
+            poff[n_ready] = offsets[i];
+            pfirst[n_ready] = ro[h];
+            ready[n_ready] = i;
+            n_ready++;
+        }
+    }
+    result = PyLong_FromSsize_t(n_ready);
+    goto done;
+
+bad_shape:
+    PyErr_SetString(PyExc_ValueError,
+                    "append_readings(): array shapes do not match (values [n, F], ts/offsets "
+                    "[n], slabs [size, 2L, F] / [size, L], state [slots], pending [>= n, L, F])");
+done:
+    PyMem_Free(flags);
+    PyMem_Free(prev);
+    PyMem_Free(slab_offs);
+    PyMem_Free(slab_vals);
+    if (bs.views != NULL)
+        release_all(&bs);
+    return result;
+}
+
 /* -- module ------------------------------------------------------------------------------ */
 
 static PyMethodDef speedups_methods[] = {
@@ -1130,6 +1455,8 @@ static PyMethodDef speedups_methods[] = {
      parse_json_run_doc},
     {"gather_windows", (PyCFunction)(void (*)(void))gather_windows, METH_FASTCALL,
      gather_windows_doc},
+    {"append_readings", (PyCFunction)(void (*)(void))append_readings, METH_FASTCALL,
+     append_readings_doc},
     {NULL, NULL, 0, NULL},
 };
 

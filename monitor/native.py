@@ -1,8 +1,9 @@
 """The optional C extension ``monitor._speedups``, typed; ``speedups`` is None without it.
 
-It holds two hot loops of the data path: parsing runs of JSON reading messages straight into
-columns (:meth:`monitor.records.Decoder.decode_many`) and gathering windows out of the
-window store (:func:`monitor.windows._gather`). Both callers keep a pure-Python path with the
+It holds three hot loops of the data path: parsing runs of JSON reading messages straight into
+columns (:meth:`monitor.records.Decoder.decode_many`), appending readings of many assets to the
+window store (:meth:`monitor.windows.WindowStore.append_many`) and gathering windows out of it
+(:func:`monitor.windows._gather`). All callers keep a pure-Python path with the
 same results, used when the extension did not build (no C compiler at install time) or when
 ``PLANTWATCH_NO_SPEEDUPS=1`` is set; the test suite compares the two and fails if the
 extension is missing where it should have been built.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final, Protocol, cast
 
 import numpy as np
@@ -45,6 +46,31 @@ class Speedups(Protocol):
         /,
     ) -> None:
         """``out[k] = seq[starts[k] : starts[k] + length]``, one memcpy per window."""
+        ...
+
+    def append_readings(
+        self,
+        assets: list[str],
+        index: Mapping[str, int],
+        ts: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float32],
+        offsets: npt.NDArray[np.int64],
+        slabs: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]],
+        state: tuple[npt.NDArray[np.int64], ...],
+        pending: tuple[npt.NDArray[np.generic], ...],
+        ready: npt.NDArray[np.intp],
+        slots: npt.NDArray[np.intp],
+        gap: npt.NDArray[np.bool_],
+        stride: int,
+        max_step: int,
+        partition: int,
+        seen_mark: int,
+        /,
+    ) -> int | None:
+        """The no-gap core of :meth:`monitor.windows.WindowStore.append_many`: windows made
+        ready, -1 if a reading is not after its asset's previous one, None if an asset is not
+        in ``index`` (nothing changed in either case); readings of assets with a gap are
+        marked in ``gap`` and left to the caller."""
         ...
 
 

@@ -61,6 +61,7 @@ flood of one-off ids stayed tracked, and every batch paid for them).
 
 from __future__ import annotations
 
+import enum
 import itertools
 import math
 from collections import OrderedDict
@@ -80,6 +81,13 @@ _F32: Final = np.dtype(np.float32)
 _I64: Final = np.dtype(np.int64)
 _MIN_PENDING: Final = 256
 #: The per-slot state arrays of WindowStore (grown a slab at a time, cleared by reset).
+
+
+class _Declined(enum.Enum):
+    #: The native append met an asset not tracked yet (the numpy path admits it).
+    UNKNOWN_ASSET = "unknown asset"
+
+
 _STATE_ARRAYS: Final = ("_count", "_head", "_last_ts", "_phase", "_part", "_used", "_seen")
 
 
@@ -395,6 +403,12 @@ class WindowStore:
             )
         if n == 0:
             return _NOTHING
+        if native.speedups is not None and self._slabs:
+            got = self._append_many_native(
+                native.speedups, assets, ts_ms, values, offsets, partition
+            )
+            if not isinstance(got, _Declined):
+                return got
         L, stride = self.length, self.stride
         index: dict[str, int] = {}
         codes = np.fromiter(
@@ -512,33 +526,109 @@ class WindowStore:
         self._seen[vs] = self._seen_mark
 
         # -- groups with a gap: the block path, then windows back into input order ------------
-        carried = resets = gap_ready = 0
-        if gap_group.any():
-            gap_keys = []
-            for g in np.flatnonzero(gap_group).tolist():
-                a, b = int(starts[g]), int(starts[g] + sizes[g])
-                rows_in = order[a:b]
-                before = self._pn
-                got = self._append_block(
-                    names[g], int(slots[g]), ts_s[a:b], values[rows_in], offsets[rows_in], partition
-                )
-                carried += got.carried
-                resets += got.resets
-                gap_ready += got.ready
-                made = self._pts[before : self._pn]
-                gap_keys.append(rows_in[np.searchsorted(ts_s[a:b], made)])
-            if gap_ready:
-                keys = np.concatenate([sel, *gap_keys])
-                perm = np.argsort(keys, kind="stable")
-                for arr in self._pending_arrays():
-                    arr[i0 : self._pn] = arr[i0 : self._pn][perm]
-                names_pending = self._pnames[i0:]
-                self._pnames[i0:] = [names_pending[k] for k in perm.tolist()]
+        gaps = [
+            (names[g], int(slots[g]), order[int(starts[g]) : int(starts[g] + sizes[g])])
+            for g in np.flatnonzero(gap_group).tolist()
+        ]
+        carried, resets, gap_ready = self._append_gaps(
+            gaps, sel, i0, ts_ms, values, offsets, partition
+        )
         if self._evict:
             # Least recently updated first: assets in order of their last reading.
             for g in np.argsort(order[ends], kind="stable").tolist():
                 self._assets.move_to_end(names[g])
         return AppendResult(n, carried=carried, resets=resets, ready=n_ready + gap_ready)
+
+    def _append_many_native(
+        self,
+        fast: native.Speedups,
+        assets: Sequence[str],
+        ts_ms: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float32],
+        offsets: npt.NDArray[np.int64],
+        partition: int,
+    ) -> AppendResult | _Declined | None:
+        """:meth:`append_many` in one native pass over the readings (each into its ring, each
+        ready window copied out once); ``UNKNOWN_ASSET`` when a new asset needs admitting,
+        which the numpy path does (rare: once per asset)."""
+        n = len(assets)
+        names = assets if type(assets) is list else list(assets)
+        i0 = self._pn
+        ready = np.empty(n, dtype=np.intp)
+        slots = np.empty(n, dtype=np.intp)
+        gap = np.empty(n, dtype=bool)
+        args = (
+            names,
+            self._assets,
+            np.ascontiguousarray(ts_ms),
+            np.ascontiguousarray(values),
+            np.ascontiguousarray(offsets),
+            self._slabs,
+            (self._count, self._head, self._last_ts, self._phase, self._part, self._seen),
+        )
+        flags = (ready, slots, gap, self.stride, self._max_step, partition, self._seen_mark)
+        got = fast.append_readings(*args, tuple(a[i0:] for a in self._pending_arrays()), *flags)
+        if got == -2:  # valid, but pending needs room for a window per reading
+            self._reserve(n)
+            self._pn = i0
+            got = fast.append_readings(*args, tuple(a[i0:] for a in self._pending_arrays()), *flags)
+        if got is None:
+            return _Declined.UNKNOWN_ASSET
+        if got < 0:
+            return None  # duplicate or out of order: block by block names the message
+        self._pn = i0 + got
+        sel = ready[:got]
+        self._pnames.extend([names[k] for k in sel.tolist()])
+        carried = resets = gap_ready = 0
+        if gap.any():
+            rows = np.flatnonzero(gap)
+            gap_slots = slots[rows]
+            gaps = [
+                (self._names[s], s, rows[gap_slots == s]) for s in dict.fromkeys(gap_slots.tolist())
+            ]
+            carried, resets, gap_ready = self._append_gaps(
+                gaps, sel, i0, ts_ms, values, offsets, partition
+            )
+        if self._evict:
+            # Least recently updated first: assets in order of their last reading.
+            for a in reversed(dict.fromkeys(reversed(names))):
+                self._assets.move_to_end(a)
+        return AppendResult(n, carried=carried, resets=resets, ready=got + gap_ready)
+
+    def _append_gaps(
+        self,
+        gaps: Sequence[tuple[str | None, int, npt.NDArray[np.intp]]],
+        sel: npt.NDArray[np.intp],
+        i0: int,
+        ts_ms: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float32],
+        offsets: npt.NDArray[np.int64],
+        partition: int,
+    ) -> tuple[int, int, int]:
+        """Append the readings of the assets with a gap (``(name, slot, input rows)`` each)
+        through the block path, after the other readings made the windows of input rows
+        ``sel`` (pending from ``i0``); then put all the windows back into input order. Returns
+        readings carried forward, resets and windows made."""
+        carried = resets = gap_ready = 0
+        gap_keys = []
+        for name, slot, rows_in in gaps:
+            assert name is not None
+            before = self._pn
+            ts = ts_ms[rows_in]
+            got = self._append_block(name, slot, ts, values[rows_in], offsets[rows_in], partition)
+            carried += got.carried
+            resets += got.resets
+            gap_ready += got.ready
+            made = self._pts[before : self._pn]
+            gap_keys.append(rows_in[np.searchsorted(ts, made)])
+        if gap_ready:
+            keys = np.concatenate([sel, *gap_keys])
+            perm = np.argsort(keys, kind="stable")
+            for arr in self._pending_arrays():
+                arr[i0 : self._pn] = arr[i0 : self._pn][perm]
+            names_pending = self._pnames[i0:]
+            self._pnames[i0:] = [names_pending[k] for k in perm.tolist()]
+        return carried, resets, gap_ready
 
     def _rows(self, slot: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """An asset's ``[2L, F]`` value rows and ``[L]`` offset ring (views into its slab)."""

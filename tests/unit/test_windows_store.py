@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from monitor import native
 from monitor.windows import AppendResult, ReadyBatch, WindowStore
 
 I = 1000  # noqa: E741 - the sampling interval, as in the docs
@@ -443,6 +447,18 @@ many_op = st.tuples(
 )
 
 
+@contextlib.contextmanager
+def append_path(path: str) -> Iterator[None]:
+    """append_many's native pass (the C extension) or its numpy path."""
+    if path == "native":
+        assert native.speedups is not None, native.describe()
+        yield
+    else:
+        with mock.patch.object(native, "speedups", None):
+            yield
+
+
+@pytest.mark.parametrize("path", ["native", "numpy"])
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     p=params,
@@ -451,10 +467,15 @@ many_op = st.tuples(
     seed=st.integers(0, 2**32 - 1),
 )
 def test_append_many_matches_reference_model(
-    p: dict[str, Any], slab_size: int, ops: list[Any], seed: int
+    path: str, p: dict[str, Any], slab_size: int, ops: list[Any], seed: int
 ) -> None:
     """append_many == the reference fed one reading at a time (windows in the same order);
     when it declines (a rejection or the asset cap), nothing changed and block by block does."""
+    with append_path(path):
+        check_append_many(p, slab_size, ops, seed)
+
+
+def check_append_many(p: dict[str, Any], slab_size: int, ops: list[Any], seed: int) -> None:
     store = WindowStore(**p, slab_size=slab_size)
     ref = Reference(**{k: v for k, v in p.items() if k != "n_features"})
     rng = np.random.default_rng(seed)
@@ -532,6 +553,46 @@ def test_append_many_matches_reference_model(
         assert store.pending == len(ref.pending)
     assert store.stats().evictions == ref.evictions
     assert_same(store.collect(), ref.collect())
+
+
+def test_append_many_takes_the_native_pass_once_assets_are_known() -> None:
+    """The native pass does the work once every asset is tracked; a new asset, a gap and a
+    rejection are what it hands back (the numpy path admits, the block path carries, the
+    caller attributes), and the windows are those of the numpy path."""
+    assert native.speedups is not None, native.describe()
+    fast = native.speedups
+    results: list[int | None] = []
+
+    def spy(*args: Any) -> int | None:
+        got = fast.append_readings(*args)
+        results.append(got)
+        return got
+
+    stores = {path: WindowStore(length=3, n_features=2, interval_ms=I) for path in ("n", "p")}
+    rng = np.random.default_rng(7)
+    calls = [
+        (["a", "b"] * 3, [0, 0, 1, 1, 2, 2]),  # nothing tracked yet: the numpy path
+        (["b", "a"] * 3, [3, 3, 4, 4, 5, 5]),  # native: 6 windows
+        (["a", "c"], [6, 0]),  # c is new: handed back, the numpy path admits it
+        (["a", "b", "a"], [7, 6, 11]),  # native for b; a's gap goes to its block path
+        (["b", "b"], [7, 7]),  # a duplicate timestamp: declined, nothing changed
+    ]
+    for names, steps in calls:
+        ts = np.asarray(steps, dtype=np.int64) * I
+        values = rng.standard_normal((len(ts), 2)).astype(np.float32)
+        offsets = np.arange(len(ts), dtype=np.int64) + int(ts[0])
+        with mock.patch.object(native, "speedups", mock.Mock(wraps=fast, append_readings=spy)):
+            got_n = stores["n"].append_many(names, ts, values, offsets, 0)
+        with append_path("numpy"):
+            got_p = stores["p"].append_many(names, ts, values, offsets, 0)
+        assert got_n == got_p
+        native_batch, numpy_batch = stores["n"].collect(), stores["p"].collect()
+        assert native_batch.assets == numpy_batch.assets
+        for name in ("windows", "ts_ms", "partitions", "offsets", "first_offsets"):
+            assert np.array_equal(getattr(native_batch, name), getattr(numpy_batch, name)), name
+    assert results == [6, None, 1, -1]
+    assert stores["n"].stats() == stores["p"].stats()
+    assert stores["n"].stats().carried == 3
 
 
 def test_append_many_interleaved_assets_in_one_call() -> None:

@@ -1131,10 +1131,11 @@ done:
 
 PyDoc_STRVAR(append_readings_doc,
 "append_readings(assets, index, ts, values, offsets, slabs, state, pending, ready, slots,\n"
-"                gap, stride, max_step, partition, seen_mark)\n--\n\n"
+"                gap, stride, max_step, partition, seen_mark, names)\n--\n\n"
 "The no-gap core of WindowStore.append_many (monitor/windows.py): readings appended one at a\n"
-"time in input order, in one pass. Returns the number of windows made ready (written to\n"
-"pending[k][:count], their reading indices to ready[:count]); -1 if a reading is not after\n"
+"time in input order, in one pass. Returns (windows made ready, readings left for the gap\n"
+"path): the windows written to pending[k][:count], their reading indices to ready[:count],\n"
+"their assets appended to names; -1 if a reading is not after\n"
 "its asset's previous one, None if an asset is not in index, -2 if pending has room for\n"
 "fewer windows than readings: in these three cases nothing is changed. Assets with a gap (a step above max_step) are left alone: their readings are\n"
 "marked in gap for the caller's block path. slots[i] receives reading i's slot.");
@@ -1182,13 +1183,13 @@ release_all(buffers_t *bs)
 static PyObject *
 append_readings(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *assets, *index, *slabs, *state, *pending, *result = NULL;
+    PyObject *assets, *index, *slabs, *state, *pending, *names_out, *result = NULL;
     Py_buffer *b, *st[N_STATE], *pd[N_PENDING];
     buffers_t bs = {NULL, 0};
     float **slab_vals = NULL;
     int64_t **slab_offs = NULL;
     Py_ssize_t *slots, *ready, n, nf, n_slabs, size = 0, length = 0, n_state, i, k;
-    Py_ssize_t stride, room, done = 0, n_ready = 0;
+    Py_ssize_t stride, room, done = 0, n_ready = 0, n_gap = 0;
     long long max_step, partition, seen_mark;
     const int64_t *ts, *offsets;
     const float *values;
@@ -1196,8 +1197,8 @@ append_readings(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned char *flags = NULL, *gap;
     int status = 0; /* 1: an unknown asset, 2: a reading not after its asset's previous one */
 
-    if (nargs != 15) {
-        PyErr_Format(PyExc_TypeError, "append_readings() takes 15 arguments (%zd given)", nargs);
+    if (nargs != 16) {
+        PyErr_Format(PyExc_TypeError, "append_readings() takes 16 arguments (%zd given)", nargs);
         return NULL;
     }
     assets = args[0];
@@ -1205,12 +1206,14 @@ append_readings(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     slabs = args[5];
     state = args[6];
     pending = args[7];
+    names_out = args[15];
     if (!PyList_CheckExact(assets) || !PyDict_Check(index) || !PyList_CheckExact(slabs) ||
+        !PyList_CheckExact(names_out) ||
         !PyTuple_CheckExact(state) || PyTuple_GET_SIZE(state) != N_STATE ||
         !PyTuple_CheckExact(pending) || PyTuple_GET_SIZE(pending) != N_PENDING) {
         PyErr_SetString(PyExc_TypeError,
                         "append_readings(): assets must be a list, index a dict, slabs a list, "
-                        "state a 6-tuple and pending a 5-tuple");
+                        "state a 6-tuple, pending a 5-tuple and names a list");
         return NULL;
     }
     if ((stride = PyLong_AsSsize_t(args[11])) == -1 && PyErr_Occurred())
@@ -1396,6 +1399,7 @@ append_readings(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             int64_t *ro, h, c, ph;
             if (flags[slot] & A_GAP) {
                 gap[i] = 1;
+                n_gap++;
                 continue;
             }
             gap[i] = 0;
@@ -1429,9 +1433,11 @@ append_readings(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             pfirst[n_ready] = ro[h];
             ready[n_ready] = i;
             n_ready++;
+            if (PyList_Append(names_out, PyList_GET_ITEM(assets, i)) < 0)
+                goto done; /* out of memory: the store is then as good as lost anyway */
         }
     }
-    result = PyLong_FromSsize_t(n_ready);
+    result = Py_BuildValue("(nn)", n_ready, n_gap);
     goto done;
 
 bad_shape:

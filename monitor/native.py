@@ -65,12 +65,14 @@ class Speedups(Protocol):
         max_step: int,
         partition: int,
         seen_mark: int,
+        names: list[str],
         /,
-    ) -> int | None:
+    ) -> tuple[int, int] | int | None:
         """The no-gap core of :meth:`monitor.windows.WindowStore.append_many`: windows made
-        ready, -1 if a reading is not after its asset's previous one, None if an asset is not
-        in ``index`` (nothing changed in either case); readings of assets with a gap are
-        marked in ``gap`` and left to the caller."""
+        ready (their assets appended to ``names``) and readings of assets with a gap, which
+        are marked in ``gap`` and left to the caller; -1 if a reading is not after its asset's
+        previous one, -2 if ``pending`` has room for fewer windows than readings, None if an
+        asset is not in ``index`` (nothing changed in these three cases)."""
         ...
 
 

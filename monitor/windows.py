@@ -567,20 +567,22 @@ class WindowStore:
             (self._count, self._head, self._last_ts, self._phase, self._part, self._seen),
         )
         flags = (ready, slots, gap, self.stride, self._max_step, partition, self._seen_mark)
-        got = fast.append_readings(*args, tuple(a[i0:] for a in self._pending_arrays()), *flags)
+        pending = tuple(a[i0:] for a in self._pending_arrays())
+        got = fast.append_readings(*args, pending, *flags, self._pnames)
         if got == -2:  # valid, but pending needs room for a window per reading
             self._reserve(n)
             self._pn = i0
-            got = fast.append_readings(*args, tuple(a[i0:] for a in self._pending_arrays()), *flags)
+            pending = tuple(a[i0:] for a in self._pending_arrays())
+            got = fast.append_readings(*args, pending, *flags, self._pnames)
         if got is None:
             return _Declined.UNKNOWN_ASSET
-        if got < 0:
+        if not isinstance(got, tuple):
             return None  # duplicate or out of order: block by block names the message
-        self._pn = i0 + got
-        sel = ready[:got]
-        self._pnames.extend([names[k] for k in sel.tolist()])
+        made, n_gap = got
+        self._pn = i0 + made
+        sel = ready[:made]
         carried = resets = gap_ready = 0
-        if gap.any():
+        if n_gap:
             rows = np.flatnonzero(gap)
             gap_slots = slots[rows]
             gaps = [
@@ -593,7 +595,7 @@ class WindowStore:
             # Least recently updated first: assets in order of their last reading.
             for a in reversed(dict.fromkeys(reversed(names))):
                 self._assets.move_to_end(a)
-        return AppendResult(n, carried=carried, resets=resets, ready=got + gap_ready)
+        return AppendResult(n, carried=carried, resets=resets, ready=made + gap_ready)
 
     def _append_gaps(
         self,
@@ -891,10 +893,11 @@ class WindowStore:
             offsets=self._poff[:n],
             first_offsets=self._pfirst[:n],
         )
-        # Fresh buffers, so the batch stays valid while the caller scores it.
+        # Fresh buffers, so the batch stays valid while the caller scores it. Their capacity
+        # stays: untouched pages of np.empty cost no memory, and a growing buffer is copied.
         self._pn = 0
         self._pnames = []
-        self._alloc_pending(max(_MIN_PENDING, n))
+        self._alloc_pending(max(self._pcap, n))
         return batch
 
     # -- commits, rebalances, resets ---------------------------------------------------------

@@ -561,9 +561,9 @@ def test_append_many_takes_the_native_pass_once_assets_are_known() -> None:
     caller attributes), and the windows are those of the numpy path."""
     assert native.speedups is not None, native.describe()
     fast = native.speedups
-    results: list[int | None] = []
+    results: list[tuple[int, int] | int | None] = []
 
-    def spy(*args: Any) -> int | None:
+    def spy(*args: Any) -> tuple[int, int] | int | None:
         got = fast.append_readings(*args)
         results.append(got)
         return got
@@ -590,7 +590,8 @@ def test_append_many_takes_the_native_pass_once_assets_are_known() -> None:
         assert native_batch.assets == numpy_batch.assets
         for name in ("windows", "ts_ms", "partitions", "offsets", "first_offsets"):
             assert np.array_equal(getattr(native_batch, name), getattr(numpy_batch, name)), name
-    assert results == [6, None, 1, -1]
+    # (windows, readings left for the gap path); None: an unknown asset; -1: declined
+    assert results == [(6, 0), None, (1, 2), -1]
     assert stores["n"].stats() == stores["p"].stats()
     assert stores["n"].stats().carried == 3
 

@@ -5,6 +5,10 @@
  *     the run is not provably valid (the caller then takes its Python path, which has the final
  *     word on every rejection). See monitor/records.py (Decoder._fast_json) for the contract.
  *
+ * parse_binary_run(values, n_features, fingerprint, ...)
+ *     The readings of a run of binary messages, or None when the run is not provably valid
+ *     (monitor/records.py, Decoder._fast_binary).
+ *
  * append_readings(assets, index, ts, values, offsets, slabs, state, pending, ...)
  *     Readings of many assets appended to the window store's rings in one pass, each window
  *     they complete copied out once (monitor/windows.py, WindowStore.append_many).
@@ -1018,6 +1022,146 @@ done:
     return result;
 }
 
+/* -- parse_binary_run -------------------------------------------------------------------- */
+
+PyDoc_STRVAR(parse_binary_run_doc,
+"parse_binary_run(values, n_features, fingerprint, max_batch, max_asset_bytes, max_bytes,\n"
+"                 ts_min, ts_max)\n--\n\n"
+"The readings of a run of binary messages (format version 1, see monitor/records.py): the\n"
+"asset of each message, the asset of each reading, int64 timestamps and float32 rows [n, F]\n"
+"as native byte arrays, and readings per message; or None if any message is not provably\n"
+"valid (the caller then decodes message by message, which names every rejection). Keys and\n"
+"the asset rules are the caller's to check.");
+
+#define BIN_HEADER 16
+#define BIN_VERSION 1
+
+static uint32_t
+le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static PyObject *
+parse_binary_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *seq = NULL, *msg_assets = NULL, *assets = NULL, *ts_out = NULL, *val_out = NULL;
+    PyObject *counts = NULL, *result = NULL;
+    Py_ssize_t nf, max_batch, max_asset, max_bytes, n_msgs, m, k = 0, total = 0;
+    long long fingerprint, ts_min, ts_max;
+
+    if (nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "parse_binary_run() takes 8 arguments (%zd given)", nargs);
+        return NULL;
+    }
+#if !PY_LITTLE_ENDIAN
+    Py_RETURN_NONE; /* the format is little-endian: the Python path reads it anywhere */
+#endif
+#define INT_ARG(var, conv, k)                                                                  \
+    if ((var = conv(args[k])) == -1 && PyErr_Occurred())                                       \
+        return NULL;
+    INT_ARG(nf, PyLong_AsSsize_t, 1)
+    INT_ARG(fingerprint, PyLong_AsLongLong, 2)
+    INT_ARG(max_batch, PyLong_AsSsize_t, 3)
+    INT_ARG(max_asset, PyLong_AsSsize_t, 4)
+    INT_ARG(max_bytes, PyLong_AsSsize_t, 5)
+    INT_ARG(ts_min, PyLong_AsLongLong, 6)
+    INT_ARG(ts_max, PyLong_AsLongLong, 7)
+#undef INT_ARG
+    if (nf < 1) {
+        PyErr_SetString(PyExc_ValueError, "parse_binary_run(): n_features must be >= 1");
+        return NULL;
+    }
+    if (!(seq = PySequence_Fast(args[0], "parse_binary_run(): values must be a sequence")))
+        return NULL;
+    n_msgs = PySequence_Fast_GET_SIZE(seq);
+
+    /* Pass 1: framing of every message, nothing allocated from what a header says. */
+    for (m = 0; m < n_msgs; m++) {
+        PyObject *v = PySequence_Fast_GET_ITEM(seq, m);
+        const unsigned char *p;
+        Py_ssize_t size, alen, data_at, j;
+        uint32_t n;
+        if (!PyBytes_CheckExact(v))
+            goto not_provable;
+        size = PyBytes_GET_SIZE(v);
+        p = (const unsigned char *)PyBytes_AS_STRING(v);
+        if (size > max_bytes || size < BIN_HEADER || memcmp(p, "PWR", 3) != 0 ||
+            p[3] != BIN_VERSION || (long long)le32(p + 4) != fingerprint)
+            goto not_provable;
+        n = le32(p + 8);
+        if ((Py_ssize_t)(p[12] | p[13] << 8) != nf || (Py_ssize_t)n > max_batch)
+            goto not_provable;
+        alen = p[14] | p[15] << 8;
+        if (alen > max_asset)
+            goto not_provable;
+        data_at = BIN_HEADER + alen;
+        data_at += (8 - data_at % 8) % 8;
+        /* n <= max_batch and size <= max_bytes: no overflow in 64 bits */
+        if ((long long)size != (long long)data_at + (long long)n * (8 + 4 * (long long)nf))
+            goto not_provable;
+        for (j = BIN_HEADER + alen; j < data_at; j++)
+            if (p[j] != 0)
+                goto not_provable;
+        total += (Py_ssize_t)n;
+    }
+
+    /* Pass 2: assets, timestamps and values, each checked as decode() does. */
+    if (!(msg_assets = PyList_New(n_msgs)) || !(assets = PyList_New(total)) ||
+        !(counts = PyList_New(n_msgs)) ||
+        !(ts_out = PyByteArray_FromStringAndSize(NULL, total * 8)) ||
+        !(val_out = PyByteArray_FromStringAndSize(NULL, total * nf * 4)))
+        goto done;
+    {
+        int64_t *ts = (int64_t *)PyByteArray_AS_STRING(ts_out);
+        float *vals = (float *)PyByteArray_AS_STRING(val_out);
+        for (m = 0; m < n_msgs; m++) {
+            PyObject *v = PySequence_Fast_GET_ITEM(seq, m), *asset, *count;
+            const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(v);
+            Py_ssize_t n = (Py_ssize_t)le32(p + 8), alen = p[14] | p[15] << 8, data_at, j;
+            data_at = BIN_HEADER + alen;
+            data_at += (8 - data_at % 8) % 8;
+            asset = PyUnicode_DecodeUTF8((const char *)p + BIN_HEADER, alen, "strict");
+            if (asset == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+                    goto done;
+                PyErr_Clear();
+                goto not_provable;
+            }
+            PyList_SET_ITEM(msg_assets, m, asset);
+            if (!(count = PyLong_FromSsize_t(n)))
+                goto done;
+            PyList_SET_ITEM(counts, m, count);
+            memcpy(ts + k, p + data_at, (size_t)n * 8);
+            memcpy(vals + (size_t)k * (size_t)nf, p + data_at + 8 * n, (size_t)(n * nf) * 4);
+            for (j = 0; j < n; j++) {
+                int64_t t = ts[k + j];
+                if (t < ts_min || t > ts_max || (j && t <= ts[k + j - 1]))
+                    goto not_provable;
+                PyList_SET_ITEM(assets, k + j, Py_NewRef(asset));
+            }
+            for (j = 0; j < n * nf; j++)
+                if (!isfinite(vals[(size_t)k * (size_t)nf + (size_t)j]))
+                    goto not_provable;
+            k += n;
+        }
+    }
+    result = PyTuple_Pack(5, msg_assets, assets, ts_out, val_out, counts);
+    goto done;
+
+not_provable:
+    result = Py_NewRef(Py_None);
+done:
+    /* Unfilled list slots are NULL, which list deallocation skips. */
+    Py_XDECREF(counts);
+    Py_XDECREF(val_out);
+    Py_XDECREF(ts_out);
+    Py_XDECREF(assets);
+    Py_XDECREF(msg_assets);
+    Py_DECREF(seq);
+    return result;
+}
+
 /* -- gather_windows ---------------------------------------------------------------------- */
 
 /* Whether a buffer's struct format is the native type code `code` ("f", "l", ...). */
@@ -1459,6 +1603,8 @@ done:
 static PyMethodDef speedups_methods[] = {
     {"parse_json_run", (PyCFunction)(void (*)(void))parse_json_run, METH_FASTCALL,
      parse_json_run_doc},
+    {"parse_binary_run", (PyCFunction)(void (*)(void))parse_binary_run, METH_FASTCALL,
+     parse_binary_run_doc},
     {"gather_windows", (PyCFunction)(void (*)(void))gather_windows, METH_FASTCALL,
      gather_windows_doc},
     {"append_readings", (PyCFunction)(void (*)(void))append_readings, METH_FASTCALL,
@@ -1469,7 +1615,8 @@ static PyMethodDef speedups_methods[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "monitor._speedups",
-    .m_doc = "Native fast paths of plantwatch (JSON run parsing, window gathering); optional.",
+    .m_doc = "Native fast paths of plantwatch (JSON and binary run parsing, window appends and "
+             "gathering); optional.",
     .m_size = -1,
     .m_methods = speedups_methods,
 };

@@ -1,10 +1,10 @@
 """The optional C extension ``monitor._speedups``, typed; ``speedups`` is None without it.
 
-It holds three hot loops of the data path: parsing runs of JSON reading messages straight into
-columns (:meth:`monitor.records.Decoder.decode_many`), appending readings of many assets to the
-window store (:meth:`monitor.windows.WindowStore.append_many`) and gathering windows out of it
-(:func:`monitor.windows._gather`). All callers keep a pure-Python path with the
-same results, used when the extension did not build (no C compiler at install time) or when
+It holds the hot loops of the data path: parsing runs of JSON and binary reading messages
+straight into columns (:meth:`monitor.records.Decoder.decode_many`), appending readings of many
+assets to the window store (:meth:`monitor.windows.WindowStore.append_many`) and gathering
+windows out of it (:func:`monitor.windows._gather`). All callers keep a pure-Python path with
+the same results, used when the extension did not build (no C compiler at install time) or when
 ``PLANTWATCH_NO_SPEEDUPS=1`` is set; the test suite compares the two and fails if the
 extension is missing where it should have been built.
 """
@@ -35,6 +35,23 @@ class Speedups(Protocol):
         """Assets (one str per reading), int64 timestamps and float32 rows [n, F] as native
         byte arrays, and readings per message when any message is a list; None where the run
         is not provably valid (the caller then takes its Python path)."""
+        ...
+
+    def parse_binary_run(
+        self,
+        values: Sequence[bytes | None],
+        n_features: int,
+        fingerprint: int,
+        max_batch: int,
+        max_asset_bytes: int,
+        max_bytes: int,
+        ts_min: int,
+        ts_max: int,
+        /,
+    ) -> tuple[list[str], list[str], bytearray, bytearray, list[int]] | None:
+        """The asset of each message and of each reading, int64 timestamps and float32 rows
+        [n, F] as native byte arrays, and readings per message; None where the run is not
+        provably valid (the caller then decodes message by message)."""
         ...
 
     def gather_windows(

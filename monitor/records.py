@@ -335,36 +335,47 @@ class Decoder:
     ) -> DecodedBatch:
         """Decode a batch of messages at once; per message exactly what :meth:`decode` gives.
 
-        Runs of JSON messages take a vectorised path: one ``orjson`` parse per message, then
-        column-wise type, range and asset checks over the whole run with no per-reading Python
-        objects. That path only ever *accepts*: a run it cannot prove valid is split in halves
-        and retried, down to single messages, which go through :meth:`decode` (so every
-        rejection, and its detail, comes from the one reference decoder).
+        Runs of JSON messages take a vectorised path: the C parser or one ``orjson`` parse per
+        message, then column-wise type, range and asset checks over the whole run with no
+        per-reading Python objects. Runs of binary messages are parsed by the C extension in one
+        call, with keys and asset ids checked once per distinct pair. Those paths only ever
+        *accept*: a run they cannot prove valid is split in halves and retried, down to single
+        messages, which go through :meth:`decode` (so every rejection, and its detail, comes
+        from the one reference decoder).
         """
         if len(keys) != len(values):
             raise ValueError(f"decode_many: {len(keys)} keys for {len(values)} values")
         parts: list[_Part] = []
         rejections: list[tuple[int, Rejection]] = []
-        if self._format == "binary":
-            self._decode_each(keys, values, 0, len(values), parts, rejections)
-        else:
-            limit = self._max_bytes
-            # Maximal runs of messages the JSON fast path may take.
-            eligible = [
-                v is not None and len(v) <= limit and (v[:1] == b"{" or v[:1] == b"[")
-                for v in values
-            ]
-            start = 0
-            n = len(values)
-            while start < n:
-                end = start + 1
-                while end < n and eligible[end] == eligible[start]:
-                    end += 1
-                if eligible[start]:
-                    self._decode_json_run(keys, values, start, end, parts, rejections)
-                else:
-                    self._decode_each(keys, values, start, end, parts, rejections)
-                start = end
+        fmt = self._format
+        if fmt == "binary":
+            self._decode_run(self._fast_binary, keys, values, 0, len(values), parts, rejections)
+            return _join(parts, rejections, self._n)
+        limit = self._max_bytes
+        fast = {"json": self._fast_json, "binary": self._fast_binary}
+        # Maximal runs of messages of one kind: those a fast path may take, or None.
+        kinds = [
+            None
+            if v is None or len(v) > limit
+            else "json"
+            if v[:1] == b"{" or v[:1] == b"["
+            else "binary"
+            if fmt == "auto" and v[:3] == BINARY_MAGIC
+            else None
+            for v in values
+        ]
+        start = 0
+        n = len(values)
+        while start < n:
+            kind = kinds[start]
+            end = start + 1
+            while end < n and kinds[end] == kind:
+                end += 1
+            if kind is None:
+                self._decode_each(keys, values, start, end, parts, rejections)
+            else:
+                self._decode_run(fast[kind], keys, values, start, end, parts, rejections)
+            start = end
         return _join(parts, rejections, self._n)
 
     def _decode_each(
@@ -387,8 +398,9 @@ class Decoder:
                     ([block.asset] * k, block.ts_ms, block.values, np.full(k, i, dtype=np.intp))
                 )
 
-    def _decode_json_run(
+    def _decode_run(
         self,
+        fast: Callable[[Sequence[bytes | None], Sequence[bytes | None], int], _Part | None],
         keys: Sequence[bytes | None],
         values: Sequence[bytes | None],
         lo: int,
@@ -396,21 +408,54 @@ class Decoder:
         parts: list[_Part],
         rejections: list[tuple[int, Rejection]],
     ) -> None:
+        """Messages ``lo:hi`` through ``fast``, which accepts a run only if all of it is
+        valid; a run it declines is split in halves, down to single messages for decode()."""
         if hi - lo <= _FAST_MIN_RUN:
             self._decode_each(keys, values, lo, hi, parts, rejections)
             return
-        # Eligible runs hold no tombstones.
         with _gc_paused():
-            part = self._fast_json(keys[lo:hi], cast("Sequence[bytes]", values[lo:hi]), lo)
+            part = fast(keys[lo:hi], values[lo:hi], lo)
         if part is not None:
             parts.append(part)
             return
         mid = (lo + hi) // 2
-        self._decode_json_run(keys, values, lo, mid, parts, rejections)
-        self._decode_json_run(keys, values, mid, hi, parts, rejections)
+        self._decode_run(fast, keys, values, lo, mid, parts, rejections)
+        self._decode_run(fast, keys, values, mid, hi, parts, rejections)
+
+    def _fast_binary(
+        self, keys: Sequence[bytes | None], values: Sequence[bytes | None], base: int
+    ) -> _Part | None:
+        """Readings of binary messages that are all valid, or None if any might not be (or
+        without the C extension). The C parser checks the framing, UTF-8 of the asset ids,
+        timestamps and values exactly as :meth:`_decode_binary` does; keys and the asset
+        rules are checked here once per distinct (key, asset) pair."""
+        if native.speedups is None:
+            return None
+        parsed = native.speedups.parse_binary_run(
+            values,
+            self._n,
+            self._fingerprint,
+            self._max_batch,
+            self._max_asset,
+            self._max_bytes,
+            TS_MIN_MS,
+            TS_MAX_MS,
+        )
+        if parsed is None:
+            return None
+        message_assets, assets, ts_bytes, value_bytes, counts = parsed
+        if not (self._keys_ok(keys) and self._assets_ok(keys, message_assets)):
+            return None
+        messages = np.repeat(np.arange(base, base + len(keys), dtype=np.intp), counts)
+        return (
+            assets,
+            np.frombuffer(ts_bytes, dtype=np.int64),
+            np.frombuffer(value_bytes, dtype=np.float32).reshape(-1, self._n),
+            messages,
+        )
 
     def _fast_json(
-        self, keys: Sequence[bytes | None], values: Sequence[bytes], base: int
+        self, keys: Sequence[bytes | None], maybe_values: Sequence[bytes | None], base: int
     ) -> _Part | None:
         """Readings of JSON messages that are all valid, or None if any might not be.
 
@@ -425,6 +470,7 @@ class Decoder:
         (keys, timestamp range, asset ids, order within batches) is checked column-wise by
         :meth:`_checked` for both.
         """
+        values = cast("Sequence[bytes]", maybe_values)  # eligible runs hold no tombstones
         if native.speedups is not None:
             parsed = native.speedups.parse_json_run(
                 values, self._features, self._allow_extra, self._max_batch

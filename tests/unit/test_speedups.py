@@ -7,7 +7,7 @@ import json
 import random
 import struct
 from decimal import Decimal, getcontext
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -15,7 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor import native
-from monitor.records import TS_MIN_MS, DecodedBatch, Decoder, DecoderConfig, Rejection
+from monitor.records import (
+    TS_MIN_MS,
+    DecodedBatch,
+    Decoder,
+    DecoderConfig,
+    Rejection,
+    encode_binary,
+)
 from monitor.windows import _gather
 
 FEATURES = ("flow", "pressure", "temperature", "vibration_rms")
@@ -139,8 +146,10 @@ def _same(a: DecodedBatch, b: DecodedBatch) -> bool:
     )
 
 
-def _decode_all_ways(keys: list[bytes | None], values: list[bytes]) -> None:
-    for config in CONFIGS:
+def _decode_all_ways(
+    keys: list[bytes | None], values: list[bytes | None], configs: list[DecoderConfig] = CONFIGS
+) -> None:
+    for config in configs:
         decoder = Decoder(config)
         fast = decoder.decode_many(keys, values)
         with pytest.MonkeyPatch.context() as m:
@@ -261,6 +270,139 @@ def test_the_native_path_takes_ordinary_runs(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(native, "speedups", Spy())
     batch = Decoder(CONFIGS[0]).decode_many([None] * 64, values)
     assert len(batch) == 64
+    assert calls == [True]
+
+
+# -- whole runs of binary messages ------------------------------------------------------------
+
+BINARY_CONFIGS = [
+    DecoderConfig(features=FEATURES),  # auto: binary runs beside JSON ones
+    DecoderConfig(features=FEATURES, format="binary"),
+    DecoderConfig(
+        features=FEATURES,
+        format="binary",
+        max_batch_readings=3,
+        max_asset_id_length=6,
+        max_message_bytes=200,
+        asset_patterns=("pump-*", "泵-*"),
+    ),
+]
+BINARY_ASSETS = ["pump-1", "pump-2", "泵-3", "mixer-9", "pump-100000"]
+CORRUPTIONS = (
+    "magic version fingerprint n f truncate trailing padding utf8 ts_order ts_range nan inf"
+)
+
+
+def _corrupt(data: bytes, n: int, how: str, at: float) -> bytes:
+    """One of the ways a binary message of ``n`` readings goes wrong (header fields, framing,
+    contents); ``at`` in [0, 1) picks the byte, reading or value where that is a choice."""
+    b = bytearray(data)
+    alen = int.from_bytes(b[14:16], "little")
+    data_at = 16 + alen + (-(16 + alen) % 8)
+    if how == "magic":
+        b[0:3] = b"PWX"
+    elif how == "version":
+        b[3] = 2
+    elif how == "fingerprint":
+        b[4] ^= 1
+    elif how == "n":
+        b[8:12] = (n + 1).to_bytes(4, "little")
+    elif how == "f":
+        b[12:14] = (len(FEATURES) + 1).to_bytes(2, "little")
+    elif how == "truncate":
+        del b[int(at * len(b)) :]
+    elif how == "trailing":
+        b += b"\0"
+    elif how == "padding" and data_at > 16 + alen:
+        b[data_at - 1] = 1
+    elif how == "utf8":
+        b[16] = 0xFF
+    elif how == "ts_order" and n > 1:  # a reading at its predecessor's time, or before
+        j = 1 + int(at * (n - 1))
+        earlier = b[data_at + 8 * (j - 1) : data_at + 8 * j]
+        b[data_at + 8 * j : data_at + 8 * j + 8] = earlier
+    elif how == "ts_range" and n:
+        j = int(at * n)
+        b[data_at + 8 * j : data_at + 8 * j + 8] = bytes(8)
+    elif how in ("nan", "inf") and n:
+        k = data_at + 8 * n + 4 * int(at * n * len(FEATURES))
+        b[k : k + 4] = np.float32("nan" if how == "nan" else "-inf").tobytes()
+    return bytes(b)
+
+
+def _binary(i: int, asset: str, n: int, values: list[float] | None = None) -> bytes:
+    ts = TS_MIN_MS + 1000 * (10 * i + np.arange(n, dtype=np.int64))
+    rows = np.asarray(values if values is not None else [i] * (4 * n), dtype=np.float32)
+    return encode_binary(asset, FEATURES, ts, rows.reshape(n, 4))
+
+
+@st.composite
+def binary_messages(draw: Any) -> tuple[list[bytes | None], list[bytes | None]]:
+    keys: list[bytes | None] = []
+    values: list[bytes | None] = []
+    for i in range(draw(st.integers(5, 20))):
+        asset = draw(st.sampled_from(BINARY_ASSETS))
+        n = draw(st.sampled_from([0, 1, 2, 3, 3, 4]))
+        floats = st.floats(width=32, allow_nan=False)
+        data: bytes | None = _binary(
+            i, asset, n, draw(st.lists(floats, min_size=4 * n, max_size=4 * n))
+        )
+        roll = draw(st.integers(0, 19))
+        if roll == 0:
+            how = draw(st.sampled_from(CORRUPTIONS.split()))
+            data = _corrupt(data, n, how, draw(st.floats(0, 1, exclude_max=True)))
+        elif roll == 1:
+            data = json.dumps({"asset": asset, "ts": TS_MIN_MS, "values": [1, 2, 3, 4]}).encode()
+        elif roll == 2:
+            data = None  # a tombstone
+        values.append(data)
+        # Mostly keys that pass, so that runs long enough for the native parser occur.
+        keys.append(draw(st.sampled_from([None, None, None, b"", asset.encode(), b"\xff"])))
+    return keys, values
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(binary_messages())
+def test_binary_runs_decode_as_the_python_path_and_decode_do(
+    run: tuple[list[bytes | None], list[bytes | None]],
+) -> None:
+    keys, values = run
+    _decode_all_ways(keys, values, BINARY_CONFIGS)
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS.split())
+@pytest.mark.parametrize("at", [0.0, 0.5, 0.99])
+def test_one_bad_message_in_a_binary_run_is_rejected_as_decode_does(how: str, at: float) -> None:
+    values: list[bytes | None] = [_binary(i, f"pump-{i % 3}", 3) for i in range(12)]
+    good = values[7]
+    assert good is not None
+    values[7] = _corrupt(good, 3, how, at)
+    assert values[7] != good
+    _decode_all_ways([None] * 12, values, BINARY_CONFIGS[:2])
+
+
+@pytest.mark.parametrize("fmt", ["auto", "binary"])
+def test_the_native_path_takes_ordinary_binary_runs(
+    monkeypatch: pytest.MonkeyPatch, fmt: Literal["auto", "binary"]
+) -> None:
+    ts = TS_MIN_MS + np.arange(5, dtype=np.int64)
+    values = [
+        encode_binary(f"pump-{i % 3}", FEATURES, ts + 10 * i, np.full((5, 4), i, np.float32))
+        for i in range(64)
+    ]
+    calls: list[bool] = []
+    real = _speedups()
+
+    class Spy:
+        def parse_binary_run(self, *args: Any) -> Any:
+            parsed = real.parse_binary_run(*args)
+            calls.append(parsed is not None)
+            return parsed
+
+    monkeypatch.setattr(native, "speedups", Spy())
+    batch = Decoder(DecoderConfig(features=FEATURES, format=fmt)).decode_many([None] * 64, values)
+    assert len(batch) == 320
+    assert batch.messages.tolist() == np.repeat(np.arange(64), 5).tolist()
     assert calls == [True]
 
 

@@ -5,6 +5,9 @@
  *     the run is not provably valid (the caller then takes its Python path, which has the final
  *     word on every rejection). See monitor/records.py (Decoder._fast_json) for the contract.
  *
+ * message_runs(values, max_bytes, binary)
+ *     Maximal runs of JSON, binary and other messages (monitor/records.py, decode_many).
+ *
  * parse_binary_run(values, n_features, fingerprint, ...)
  *     The readings of a run of binary messages, or None when the run is not provably valid
  *     (monitor/records.py, Decoder._fast_binary).
@@ -1022,6 +1025,68 @@ done:
     return result;
 }
 
+/* -- message_runs ------------------------------------------------------------------------ */
+
+PyDoc_STRVAR(message_runs_doc,
+"message_runs(values, max_bytes, binary)\n--\n\n"
+"Maximal runs of messages of one kind, as a list of (kind, start, end): kind 1 for JSON\n"
+"(bytes of at most max_bytes starting with '{' or '['), 2 for binary (starting with the\n"
+"magic b'PWR', if binary is true) and 0 for anything else (monitor/records.py,\n"
+"Decoder.decode_many).");
+
+static PyObject *
+message_runs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *seq, *runs = NULL;
+    Py_ssize_t max_bytes, n, i, start = 0;
+    int binary, kind = -1;
+
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "message_runs() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if ((max_bytes = PyLong_AsSsize_t(args[1])) == -1 && PyErr_Occurred())
+        return NULL;
+    if ((binary = PyObject_IsTrue(args[2])) < 0)
+        return NULL;
+    if (!(seq = PySequence_Fast(args[0], "message_runs(): values must be a sequence")))
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    if (!(runs = PyList_New(0)))
+        goto done;
+    for (i = 0; i <= n; i++) {
+        int k = -1;
+        if (i < n) {
+            PyObject *v = PySequence_Fast_GET_ITEM(seq, i);
+            k = 0;
+            if (PyBytes_CheckExact(v) && PyBytes_GET_SIZE(v) <= max_bytes) {
+                const char *p = PyBytes_AS_STRING(v);
+                Py_ssize_t size = PyBytes_GET_SIZE(v);
+                if (size >= 1 && (p[0] == '{' || p[0] == '['))
+                    k = 1;
+                else if (binary && size >= 3 && memcmp(p, "PWR", 3) == 0)
+                    k = 2;
+            }
+        }
+        if (k != kind) {
+            if (i > 0) {
+                PyObject *run = Py_BuildValue("(inn)", kind, start, i);
+                if (run == NULL || PyList_Append(runs, run) < 0) {
+                    Py_XDECREF(run);
+                    Py_CLEAR(runs);
+                    goto done;
+                }
+                Py_DECREF(run);
+            }
+            kind = k;
+            start = i;
+        }
+    }
+done:
+    Py_DECREF(seq);
+    return runs;
+}
+
 /* -- parse_binary_run -------------------------------------------------------------------- */
 
 PyDoc_STRVAR(parse_binary_run_doc,
@@ -1603,6 +1668,8 @@ done:
 static PyMethodDef speedups_methods[] = {
     {"parse_json_run", (PyCFunction)(void (*)(void))parse_json_run, METH_FASTCALL,
      parse_json_run_doc},
+    {"message_runs", (PyCFunction)(void (*)(void))message_runs, METH_FASTCALL,
+     message_runs_doc},
     {"parse_binary_run", (PyCFunction)(void (*)(void))parse_binary_run, METH_FASTCALL,
      parse_binary_run_doc},
     {"gather_windows", (PyCFunction)(void (*)(void))gather_windows, METH_FASTCALL,

@@ -37,6 +37,13 @@ class Speedups(Protocol):
         is not provably valid (the caller then takes its Python path)."""
         ...
 
+    def message_runs(
+        self, values: Sequence[bytes | None], max_bytes: int, binary: bool, /
+    ) -> list[tuple[int, int, int]]:
+        """Maximal runs ``(kind, start, end)``: 1 JSON (``{`` or ``[`` first, at most
+        ``max_bytes``), 2 binary (the magic first, if ``binary``), 0 anything else."""
+        ...
+
     def parse_binary_run(
         self,
         values: Sequence[bytes | None],

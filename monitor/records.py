@@ -107,6 +107,8 @@ _ASSET_CACHE_SIZE: Final = 4096
 _PASSED_CACHE_SIZE: Final = 65536
 #: Runs of JSON messages at most this long are decoded one by one (see Decoder.decode_many).
 _FAST_MIN_RUN: Final = 4
+#: Kinds of message runs (Decoder._runs).
+_OTHER_RUN, _JSON_RUN, _BINARY_RUN = 0, 1, 2
 
 
 class Reading(NamedTuple):
@@ -351,32 +353,37 @@ class Decoder:
         if fmt == "binary":
             self._decode_run(self._fast_binary, keys, values, 0, len(values), parts, rejections)
             return _join(parts, rejections, self._n)
-        limit = self._max_bytes
-        fast = {"json": self._fast_json, "binary": self._fast_binary}
-        # Maximal runs of messages of one kind: those a fast path may take, or None.
-        kinds = [
-            None
-            if v is None or len(v) > limit
-            else "json"
-            if v[:1] == b"{" or v[:1] == b"["
-            else "binary"
-            if fmt == "auto" and v[:3] == BINARY_MAGIC
-            else None
-            for v in values
-        ]
-        start = 0
-        n = len(values)
-        while start < n:
-            kind = kinds[start]
-            end = start + 1
-            while end < n and kinds[end] == kind:
-                end += 1
-            if kind is None:
+        fast = {_JSON_RUN: self._fast_json, _BINARY_RUN: self._fast_binary}
+        for kind, start, end in self._runs(values):
+            if kind == _OTHER_RUN:
                 self._decode_each(keys, values, start, end, parts, rejections)
             else:
                 self._decode_run(fast[kind], keys, values, start, end, parts, rejections)
-            start = end
         return _join(parts, rejections, self._n)
+
+    def _runs(self, values: Sequence[bytes | None]) -> list[tuple[int, int, int]]:
+        """Maximal runs ``(kind, start, end)`` of messages a fast path may take: JSON ones,
+        binary ones (format auto), and the others."""
+        limit, auto = self._max_bytes, self._format == "auto"
+        if native.speedups is not None:
+            return native.speedups.message_runs(values, limit, auto)
+        kinds = [
+            _OTHER_RUN
+            if v is None or len(v) > limit
+            else _JSON_RUN
+            if v[:1] == b"{" or v[:1] == b"["
+            else _BINARY_RUN
+            if auto and v[:3] == BINARY_MAGIC
+            else _OTHER_RUN
+            for v in values
+        ]
+        runs = []
+        start = 0
+        for end in range(1, len(kinds) + 1):
+            if end == len(kinds) or kinds[end] != kinds[start]:
+                runs.append((kinds[start], start, end))
+                start = end
+        return runs
 
     def _decode_each(
         self,

@@ -3,6 +3,7 @@ and giving bit for bit what they give (numbers, whole JSON runs, gathered window
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import struct
@@ -262,6 +263,9 @@ def test_the_native_path_takes_ordinary_runs(monkeypatch: pytest.MonkeyPatch) ->
     real = _speedups()
 
     class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
         def parse_json_run(self, *args: Any) -> Any:
             parsed = real.parse_json_run(*args)
             calls.append(parsed is not None)
@@ -394,6 +398,9 @@ def test_the_native_path_takes_ordinary_binary_runs(
     real = _speedups()
 
     class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
         def parse_binary_run(self, *args: Any) -> Any:
             parsed = real.parse_binary_run(*args)
             calls.append(parsed is not None)
@@ -404,6 +411,30 @@ def test_the_native_path_takes_ordinary_binary_runs(
     assert len(batch) == 320
     assert batch.messages.tolist() == np.repeat(np.arange(64), 5).tolist()
     assert calls == [True]
+
+
+# -- runs of message kinds -----------------------------------------------------------------
+
+MESSAGE = st.one_of(
+    st.none(),
+    st.sampled_from([b"", b"{", b"[1]", b"PWR", b"PW", b"PWR\x01rest", b" {}", b"x" * 40]),
+    st.binary(max_size=8),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(MESSAGE, max_size=12), limit=st.sampled_from([1, 2, 8, 100]))
+def test_message_runs_as_the_python_path_finds_them(values: list[bytes | None], limit: int) -> None:
+    for fmt in ("auto", "json"):
+        decoder = Decoder(DecoderConfig(features=FEATURES, format=fmt, max_message_bytes=limit))
+        native_runs = decoder._runs(values)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(native, "speedups", None)
+            assert native_runs == decoder._runs(values)
+        # Runs tile the batch, and neighbours differ in kind.
+        assert [r[1] for r in native_runs[1:]] == [r[2] for r in native_runs[:-1]]
+        assert sum(end - start for _, start, end in native_runs) == len(values)
+        assert all(a[0] != b[0] for a, b in itertools.pairwise(native_runs))
 
 
 # -- gathering windows ---------------------------------------------------------------------

@@ -382,12 +382,14 @@ class WindowStore:
         """Add readings of many assets from ``partition`` at once: reading ``i`` is ``assets[i]``'s.
 
         Equivalent to appending the readings one at a time in order (ready windows come in that
-        order too), but vectorised across assets: per batch a fixed number of numpy calls and
-        one dictionary lookup per asset, no Python per reading. Readings after a gap go through
-        the block path of their asset. Returns ``None`` and changes nothing if a reading would
-        be rejected (timestamp not after its asset's previous one, or a new asset beyond
-        ``max_assets``): the caller then appends block by block to attribute the rejections.
-        ``replay`` as for :meth:`append`.
+        order too), with no Python per reading: with the C extension one native pass (each
+        reading into its ring, each window it completes copied out once), else vectorised across
+        assets (a fixed number of numpy calls per batch, one dictionary lookup per asset). A
+        batch with a new asset takes the numpy path, which admits it. Readings of an asset with
+        a gap in the batch go through that asset's block path. Returns ``None`` and changes
+        nothing if a reading would be rejected (timestamp not after its asset's previous one,
+        or a new asset beyond ``max_assets``): the caller then appends block by block to
+        attribute the rejections. ``replay`` as for :meth:`append`.
         """
         self._seen_mark = self._epoch - 2 if replay else self._epoch
         n = len(assets)

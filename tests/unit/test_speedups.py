@@ -253,25 +253,34 @@ def test_runs_decode_as_the_python_path_and_decode_do(
     _decode_all_ways(keys, values)
 
 
+def _spy_on(monkeypatch: pytest.MonkeyPatch, parser: str) -> list[bool]:
+    """Put a spy in front of the extension: per call of ``parser``, whether it accepted."""
+    calls: list[bool] = []
+    real = _speedups()
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            if name != parser:
+                return getattr(real, name)
+
+            def spied(*args: Any) -> Any:
+                parsed = getattr(real, parser)(*args)
+                calls.append(parsed is not None)
+                return parsed
+
+            return spied
+
+    monkeypatch.setattr(native, "speedups", Spy())
+    return calls
+
+
 def test_the_native_path_takes_ordinary_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     # Not a test of equality (above) but that the C parser, not a fallback, did the work.
     values = [
         json.dumps({"asset": f"pump-{i % 3}", "ts": TS_MIN_MS + i, "values": [1.5] * 4}).encode()
         for i in range(64)
     ]
-    calls: list[bool] = []
-    real = _speedups()
-
-    class Spy:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        def parse_json_run(self, *args: Any) -> Any:
-            parsed = real.parse_json_run(*args)
-            calls.append(parsed is not None)
-            return parsed
-
-    monkeypatch.setattr(native, "speedups", Spy())
+    calls = _spy_on(monkeypatch, "parse_json_run")
     batch = Decoder(CONFIGS[0]).decode_many([None] * 64, values)
     assert len(batch) == 64
     assert calls == [True]
@@ -394,19 +403,7 @@ def test_the_native_path_takes_ordinary_binary_runs(
         encode_binary(f"pump-{i % 3}", FEATURES, ts + 10 * i, np.full((5, 4), i, np.float32))
         for i in range(64)
     ]
-    calls: list[bool] = []
-    real = _speedups()
-
-    class Spy:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        def parse_binary_run(self, *args: Any) -> Any:
-            parsed = real.parse_binary_run(*args)
-            calls.append(parsed is not None)
-            return parsed
-
-    monkeypatch.setattr(native, "speedups", Spy())
+    calls = _spy_on(monkeypatch, "parse_binary_run")
     batch = Decoder(DecoderConfig(features=FEATURES, format=fmt)).decode_many([None] * 64, values)
     assert len(batch) == 320
     assert batch.messages.tolist() == np.repeat(np.arange(64), 5).tolist()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -67,3 +69,44 @@ def test_process_collectors_register_on_the_injected_registry() -> None:
     registry = CollectorRegistry()
     Metrics(registry)
     assert "process_resident_memory_bytes" in generate_latest(registry).decode()
+
+
+def scores(registry: CollectorRegistry) -> dict[str, float]:
+    return {lb["asset"]: v for lb, v in families(registry)["plantwatch_anomaly_score"]}
+
+
+def test_asset_scores_keep_the_latest_value_per_asset() -> None:
+    registry = CollectorRegistry()
+    m = Metrics(registry, max_asset_labels=3, process=False)
+    assets = ["a", "b", "a", "c", "d"]
+    m.set_asset_scores(dict(zip(assets, [1.0, 2.0, 3.0, 4.0, 5.0], strict=True)))
+    assert scores(registry) == {"a": 3.0, "b": 2.0, "c": 4.0}
+    # Every asset known: the batch is one dict update; "d" stays out (the cap).
+    m.set_asset_scores({"c": 0.5, "a": 0.25})
+    m.set_asset_scores({"d": 9.0})
+    assert scores(registry) == {"a": 0.25, "b": 2.0, "c": 0.5}
+    assert families(registry)["plantwatch_asset_labels_dropped"] == [({}, 1.0)]
+
+
+def test_a_scrape_while_scores_change_sees_a_consistent_snapshot() -> None:
+    # Scrapes run in the HTTP server's thread while the loop updates the scores.
+    registry = CollectorRegistry()
+    m = Metrics(registry, max_asset_labels=10_000, process=False)
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            m.set_asset_scores({f"a{i % 2000}": float(i), f"b{i % 7}": 1.0})
+            if i % 100 == 0:
+                m.forget_assets([f"a{(i // 100) % 2000}"])
+            i += 1
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(20):
+            families(registry)  # would raise "dictionary changed size during iteration"
+    finally:
+        stop.set()
+        thread.join()

@@ -24,7 +24,7 @@ from monitor.records import (
     Rejection,
     encode_binary,
 )
-from monitor.windows import _gather
+from monitor.windows import WindowStore, _gather
 
 FEATURES = ("flow", "pressure", "temperature", "vibration_rms")
 F32_MAX = float(np.finfo(np.float32).max)
@@ -460,3 +460,55 @@ def test_a_window_out_of_range_is_refused_before_anything_is_written() -> None:
     with pytest.raises(ValueError, match="outside"):
         _speedups().gather_windows(seq, np.array([0, 7], np.intp), 4, out)
     assert (out == 7.0).all()
+
+
+# -- appending readings: arguments checked before anything is touched ---------------------------
+
+
+def _append_args(store: WindowStore, n: int) -> list[Any]:
+    """Arguments of append_readings as WindowStore._append_many_native passes them."""
+    return [
+        ["a"] * n,
+        store._assets,
+        np.arange(1, n + 1, dtype=np.int64) * 1000,
+        np.zeros((n, store.n_features), dtype=np.float32),
+        np.arange(n, dtype=np.int64),
+        store._slabs,
+        (store._count, store._head, store._last_ts, store._phase, store._part, store._seen),
+        tuple(a[store._pn :] for a in store._pending_arrays()),
+        np.empty(n, dtype=np.intp),
+        np.empty(n, dtype=np.intp),
+        np.empty(n, dtype=bool),
+        store.stride,
+        store._max_step,
+        0,
+        0,
+        store._pnames,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("position", "bad", "error"),
+    [
+        (2, np.arange(3, dtype=np.float64), TypeError),  # ts not int64
+        (3, np.zeros((3, 3), dtype=np.float32), ValueError),  # values of another width
+        (4, np.arange(2, dtype=np.int64), ValueError),  # offsets of another length
+        (10, np.empty(3, dtype=np.int8), TypeError),  # gap not bool
+        (6, (np.zeros(1, dtype=np.int64),) * 6, ValueError),  # state shorter than the slabs
+        (0, ("a", "a", "a"), TypeError),  # assets not a list
+    ],
+)
+def test_append_readings_refuses_bad_arguments(position: int, bad: Any, error: type) -> None:
+    store = WindowStore(length=3, n_features=2, interval_ms=1000)
+    zero = np.zeros(1, dtype=np.int64)
+    store.append("a", zero, np.zeros((1, 2), np.float32), zero, 0)  # "a" tracked, at ts 0
+    before = (store._count.copy(), store._head.copy(), store._last_ts.copy(), store.pending)
+    args = _append_args(store, 3)
+    args[position] = bad
+    with pytest.raises(error):
+        _speedups().append_readings(*args)
+    after = (store._count, store._head, store._last_ts, store.pending)
+    assert all(np.array_equal(x, y) for x, y in zip(before[:3], after[:3], strict=True))
+    assert before[3] == after[3]
+    # And the same arguments, put right, are taken.
+    assert _speedups().append_readings(*_append_args(store, 3)) == (2, 0)  # 2 windows of 3

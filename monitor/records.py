@@ -349,21 +349,23 @@ class Decoder:
             raise ValueError(f"decode_many: {len(keys)} keys for {len(values)} values")
         parts: list[_Part] = []
         rejections: list[tuple[int, Rejection]] = []
-        fmt = self._format
-        if fmt == "binary":
-            self._decode_run(self._fast_binary, keys, values, 0, len(values), parts, rejections)
-            return _join(parts, rejections, self._n)
-        fast = {_JSON_RUN: self._fast_json, _BINARY_RUN: self._fast_binary}
+        # The binary fast path is the C parser's alone: without it, binary runs go one by one.
+        fast: dict[int, _FastPath] = {_JSON_RUN: self._fast_json}
+        if native.speedups is not None:
+            fast[_BINARY_RUN] = self._fast_binary
         for kind, start, end in self._runs(values):
-            if kind == _OTHER_RUN:
+            run_fast = fast.get(kind)
+            if run_fast is None:
                 self._decode_each(keys, values, start, end, parts, rejections)
             else:
-                self._decode_run(fast[kind], keys, values, start, end, parts, rejections)
+                self._decode_run(run_fast, keys, values, start, end, parts, rejections)
         return _join(parts, rejections, self._n)
 
     def _runs(self, values: Sequence[bytes | None]) -> list[tuple[int, int, int]]:
         """Maximal runs ``(kind, start, end)`` of messages a fast path may take: JSON ones,
-        binary ones (format auto), and the others."""
+        binary ones (formats auto and binary), and the others."""
+        if self._format == "binary":  # every message is binary or rejected by decode()
+            return [(_BINARY_RUN, 0, len(values))] if values else []
         limit, auto = self._max_bytes, self._format == "auto"
         if native.speedups is not None:
             return native.speedups.message_runs(values, limit, auto)
@@ -407,7 +409,7 @@ class Decoder:
 
     def _decode_run(
         self,
-        fast: Callable[[Sequence[bytes | None], Sequence[bytes | None], int], _Part | None],
+        fast: _FastPath,
         keys: Sequence[bytes | None],
         values: Sequence[bytes | None],
         lo: int,
@@ -432,12 +434,11 @@ class Decoder:
     def _fast_binary(
         self, keys: Sequence[bytes | None], values: Sequence[bytes | None], base: int
     ) -> _Part | None:
-        """Readings of binary messages that are all valid, or None if any might not be (or
-        without the C extension). The C parser checks the framing, UTF-8 of the asset ids,
-        timestamps and values exactly as :meth:`_decode_binary` does; keys and the asset
-        rules are checked here once per distinct (key, asset) pair."""
-        if native.speedups is None:
-            return None
+        """Readings of binary messages that are all valid, or None if any might not be. The C
+        parser checks the framing, UTF-8 of the asset ids, timestamps and values exactly as
+        :meth:`_decode_binary` does; keys and the asset rules are checked here once per
+        distinct (key, asset) pair."""
+        assert native.speedups is not None  # decode_many takes this path only with it
         parsed = native.speedups.parse_binary_run(
             values,
             self._n,
@@ -969,6 +970,8 @@ def _block(asset: str, ts: npt.NDArray[np.int64], values: npt.NDArray[np.float32
 
 #: A run of decoded readings: assets, ts, values, message index per reading.
 _Part = tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.intp]]
+#: A run's fast path: (keys, values, index of the first message) -> its readings, or None.
+_FastPath = Callable[[Sequence[bytes | None], Sequence[bytes | None], int], _Part | None]
 
 
 def _empty_part(n_features: int) -> _Part:

@@ -81,14 +81,12 @@ _F32: Final = np.dtype(np.float32)
 _I64: Final = np.dtype(np.int64)
 _MIN_PENDING: Final = 256
 #: The per-slot state arrays of WindowStore (grown a slab at a time, cleared by reset).
+_STATE_ARRAYS: Final = ("_count", "_head", "_last_ts", "_phase", "_part", "_used", "_seen")
 
 
 class _Declined(enum.Enum):
     #: The native append met an asset not tracked yet (the numpy path admits it).
     UNKNOWN_ASSET = "unknown asset"
-
-
-_STATE_ARRAYS: Final = ("_count", "_head", "_last_ts", "_phase", "_part", "_used", "_seen")
 
 
 def _gather(
@@ -572,8 +570,7 @@ class WindowStore:
         pending = tuple(a[i0:] for a in self._pending_arrays())
         got = fast.append_readings(*args, pending, *flags, self._pnames)
         if got == -2:  # valid, but pending needs room for a window per reading
-            self._reserve(n)
-            self._pn = i0
+            self._make_room(n)
             pending = tuple(a[i0:] for a in self._pending_arrays())
             got = fast.append_readings(*args, pending, *flags, self._pnames)
         if got is None:
@@ -873,14 +870,19 @@ class WindowStore:
     def _pending_arrays(self) -> tuple[npt.NDArray[np.generic], ...]:
         return (self._pw, self._pts, self._ppart, self._poff, self._pfirst)
 
-    def _reserve(self, k: int) -> int:
-        """Make room for ``k`` more pending windows; return the index of the first."""
+    def _make_room(self, k: int) -> None:
+        """Grow the pending buffers (keeping what they hold) to take ``k`` more windows."""
         i = self._pn
         if i + k > self._pcap:
             old = self._pending_arrays()
             self._alloc_pending(max(2 * self._pcap, i + k))
             for src, dst in zip(old, self._pending_arrays(), strict=True):
                 dst[:i] = src[:i]
+
+    def _reserve(self, k: int) -> int:
+        """Make room for ``k`` more pending windows and claim them; return the first's index."""
+        self._make_room(k)
+        i = self._pn
         self._pn = i + k
         return i
 

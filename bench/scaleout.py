@@ -175,7 +175,13 @@ async def run_group(
     doc: dict[str, Any] = {
         "kafka": {"bootstrap_servers": bootstrap},
         "input": {"topics": [topic], "group_id": group, "dead_letter_topic": dlq},
-        "model": {"path": str(bundle), "device": "cpu", "reload": "off", "threads": 1},
+        "model": {
+            "path": str(bundle),
+            "device": "cpu",
+            "reload": "off",
+            "workers": 1,
+            "threads": 1,
+        },
         "alerts": {"topic": alerts},
         "scores": {"topic": scores},
         "delivery": {"enabled": False},

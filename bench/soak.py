@@ -233,7 +233,7 @@ class Soak:
                     else {"commit_interval_ms": args.commit_interval}
                 ),
             },
-            "model": {"path": str(self.model_dir), "device": "cpu", "threads": 1},
+            "model": {"path": str(self.model_dir), "device": "cpu", "workers": 1, "threads": 1},
             "windows": {"max_assets": 20},
             "detector": {"k": 3, "n": 5, "m": 5},
             "alerts": {"topic": "soak.alerts"},

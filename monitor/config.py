@@ -70,6 +70,12 @@ class InputSettings(_Section):
     #: Records per ``getmany`` call and how long it waits for them.
     fetch_max_records: int = Field(default=5_000, ge=1)
     fetch_timeout_ms: int = Field(default=100, ge=1)
+    #: How long the broker may hold a fetch request for partitions with no new records
+    #: (Kafka's ``fetch.max.wait.ms``). The client has one fetch in flight per broker, and it
+    #: leaves out partitions whose fetched records are still buffered: while a request for
+    #: caught-up partitions waits, partitions that are behind wait with it. Kafka's default,
+    #: 500 ms, stalled the benchmark's lagging partitions by 0.35 s once others were caught up.
+    fetch_max_wait_ms: int = Field(default=100, ge=0, le=60_000)
     #: Batches handled within this interval are committed together (one Kafka transaction:
     #: alert events, dead letters, offsets); 0 commits every batch. As Kafka Streams'
     #: exactly-once ``commit.interval.ms`` (whose default is also 100 ms): fewer transactions
@@ -89,6 +95,11 @@ class ModelSettings(_Section):
     #: A bundle directory. With ``reload: watch`` a new bundle written there is picked up.
     path: Path
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Batches scored at once, each in its own thread. 0: one per CPU core on CPU (each
+    #: single-threaded), one with CUDA.
+    workers: int = Field(default=0, ge=0, description="batches scored at once (0: auto)")
+    #: ONNX Runtime intra-op threads per batch. 0: the cores shared out among the workers
+    #: (ONNX Runtime's default, all cores, for a single worker).
     threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0: auto)")
     #: IOBinding with fixed batch-size buckets: ``auto`` uses it with CUDA only.
     io_binding: Literal["auto", "on", "off"] = "auto"

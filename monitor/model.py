@@ -22,7 +22,7 @@ from monitor.bundle import MANIFEST_FILE, Bundle, load_bundle
 from monitor.errors import BundleError, PlantwatchError
 from monitor.events import ModelRef
 from monitor.metrics import Metrics
-from monitor.scoring import Device, Scorer
+from monitor.scoring import Device, Scorer, available_providers, cpu_cores, scoring_plan
 from monitor.signing import SIGNATURE_FILE, load_trusted_keys
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class ModelManager:
         *,
         device: Device,
         threads: int,
+        workers: int = 1,
         io_binding: bool | None = None,
         metrics: Metrics | None = None,
         trusted_keys: Sequence[Path] = (),
@@ -79,7 +80,12 @@ class ModelManager:
         self.path = path
         self.trusted_keys = tuple(trusted_keys)
         self.device: Device = device
+        #: As configured (0: auto); :attr:`workers` and :attr:`threads` are resolved at the
+        #: first load, once the providers are known.
+        self._workers, self._threads = workers, threads
+        self.workers = workers or 1
         self.threads = threads
+        self._planned = False
         self.io_binding = io_binding
         self.metrics = metrics
         self._current: LoadedModel | None = None
@@ -99,6 +105,16 @@ class ModelManager:
     def _build(self) -> LoadedModel:
         keys = load_trusted_keys(self.trusted_keys)
         bundle = load_bundle(self.path, trusted_keys=keys)
+        if not self._planned:
+            self.workers, self.threads = scoring_plan(
+                self.device, self._workers, self._threads, available_providers(), cpu_cores()
+            )
+            self._planned = True
+            logger.info(
+                "scoring %d batch(es) at once, %s ONNX Runtime thread(s) each",
+                self.workers,
+                self.threads or "all",
+            )
         # The service overlaps scoring with the event loop's work on the next batch: pool
         # threads spinning between runs would take the loop's core. Measured on 2 cores
         # (bench/results/performance.md, session 6): with spinning the overlap bought nothing;

@@ -7,6 +7,7 @@ Runtime sessions are); the service calls it from a worker thread so the event lo
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -28,6 +29,11 @@ CUDA = "CUDAExecutionProvider"
 #: Batch sizes the IO-binding path pads to. On a GPU few distinct shapes mean kernels and memory
 #: plans are reused rather than re-planned for every batch size; larger batches are split.
 BUCKETS = (32, 128, 512, 2048, 8192)
+#: Windows per ONNX Runtime run on CPU, where larger batches are split: on one core the dense
+#: AE scored ~10 % fewer windows/s at 8192 than at 1024-2048 (its activations no longer fit
+#: the caches), and the service at 8 sensors made 9 % more readings/s with 2048 than with
+#: 8192 (bench/results/performance.md, session 11).
+CPU_BATCH = 2048
 
 
 def bucket_size(n: int) -> int:
@@ -44,6 +50,40 @@ class Scores:
 
     score: npt.NDArray[np.float32]  # [batch]
     sensor_error: npt.NDArray[np.float32]  # [batch, n_features]
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def scoring_plan(
+    device: Device, workers: int, threads: int, available: list[str], cores: int
+) -> tuple[int, int]:
+    """How many batches to score at once, and ONNX Runtime intra-op threads for each (0: its
+    default, all cores), for the model settings ``workers`` and ``threads`` (0: auto).
+
+    On CPU the default is one single-threaded run per core. A run on several intra-op threads
+    waits at every parallel operator for its slowest thread, and beside the service's event
+    loop one of them is often descheduled; separate runs do not wait for each other
+    (bench/results/performance.md, session 11). With CUDA one batch at a time: the device
+    runs it, and more would only queue there.
+    """
+    if device != "cpu" and CUDA in available:
+        return workers or 1, threads
+    if not workers:
+        workers = max(1, cores // threads) if threads else cores
+    if not threads and workers > 1:
+        threads = max(1, cores // workers)
+    return workers, threads
+
+
+def available_providers() -> list[str]:
+    """The execution providers of the installed onnxruntime."""
+    return list(_import_onnxruntime().get_available_providers())
 
 
 def _import_onnxruntime() -> onnxruntime:
@@ -117,6 +157,8 @@ class Scorer:
             )
         #: Score through IOBinding with bucketed batch sizes (default: on CUDA only).
         self.io_binding = self.provider == CUDA if io_binding is None else io_binding
+        #: The most windows a caller should pass at once (larger batches are not faster).
+        self.max_batch = BUCKETS[-1] if self.provider == CUDA else CPU_BATCH
         self._device_type = "cuda" if self.provider == CUDA else "cpu"
         logger.info(
             "scoring %s with %s%s",

@@ -62,8 +62,6 @@ from monitor.windows import RejectReason as WindowReject
 
 logger = logging.getLogger(__name__)
 
-#: Windows per ONNX Runtime call; larger ready batches are scored in chunks.
-MAX_SCORING_BATCH = 8192
 #: Windows made ready at a time (bytes): larger batches are appended and scored in chunks of
 #: about this size, but at least MIN_CHUNK_READINGS readings (8 MiB since session 8, the size
 #: the 2 M-reading benchmark ran with; 4, 8 and 32 MiB were within its noise).
@@ -72,8 +70,9 @@ MIN_CHUNK_READINGS = 1024
 #: Ready windows handed to the scoring thread as soon as a partition's records leave this many
 #: pending, so that ONNX Runtime scores them while the loop decodes the next partition.
 OVERLAP_WINDOWS = 1024
-#: Jobs of ready windows the loop may hand to the scoring thread before it waits for the
-#: oldest: more than one keeps the thread busy while the loop's work per job varies.
+#: Jobs of ready windows the loop may hand to the scoring threads before it waits for the
+#: oldest, with one scoring thread (one more per further thread): more than one keeps the
+#: thread busy while the loop's work per job varies.
 SCORING_AHEAD = 2
 #: Windows per batch whose end-to-end latency is observed (an even sample).
 LATENCY_SAMPLES = 64
@@ -208,6 +207,7 @@ class Service(Lifecycle):
             settings.model.path,
             device=settings.model.device,
             threads=settings.model.threads,
+            workers=settings.model.workers,
             io_binding={"auto": None, "on": True, "off": False}[settings.model.io_binding],
             metrics=self.metrics,
             trusted_keys=settings.model.trusted_keys,
@@ -230,8 +230,8 @@ class Service(Lifecycle):
         self._slots: dict[TopicPartition, int] = {}
         self._model_in_use: LoadedModel | None = None
         self._pipeline: _Pipeline | None = None
-        #: One thread scores, so ONNX Runtime runs one batch at a time (on all its threads)
-        #: while the event loop prepares the next.
+        #: Scores batches (``model.workers`` at once; on CPU by default one single-threaded
+        #: ONNX Runtime run per core) while the event loop prepares the next.
         self._scoring_thread: ThreadPoolExecutor | None = None
         #: Held while a batch is processed and committed, and by rebalance callbacks.
         self._batch_lock = asyncio.Lock()
@@ -334,6 +334,7 @@ class Service(Lifecycle):
                 auto_offset_reset="earliest",
                 isolation_level="read_committed",
                 max_partition_fetch_bytes=max(1_048_576, s.input.max_message_bytes),
+                fetch_max_wait_ms=s.input.fetch_max_wait_ms,
             )
             self._consumer.subscribe(list(s.input.topics), listener=_Rebalance(self))
             await self._consumer.start()
@@ -974,7 +975,9 @@ class Service(Lifecycle):
             whole = idx.size == len(ready)
             model = self.models.current
             if self._scoring_thread is None:
-                self._scoring_thread = ThreadPoolExecutor(1, thread_name_prefix="plantwatch-score")
+                self._scoring_thread = ThreadPoolExecutor(
+                    self.models.workers, thread_name_prefix="plantwatch-score"
+                )
             future = asyncio.get_running_loop().run_in_executor(
                 self._scoring_thread,
                 self._score_windows,
@@ -983,18 +986,19 @@ class Service(Lifecycle):
             )
             assets = ready.assets if whole else [ready.assets[i] for i in idx]
             self._scoring.append(_Scoring(assets, ready.ts_ms[idx], model, future))
-        await self._drain(out, keep=SCORING_AHEAD)
+        await self._drain(out, keep=SCORING_AHEAD + self.models.workers - 1)
 
     def _score_windows(
         self, model: LoadedModel, windows: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], float]:
-        """Score in chunks of MAX_SCORING_BATCH (in the scoring thread)."""
+        """Score in chunks of the scorer's ``max_batch`` (in a scoring thread)."""
         m = self.metrics
         scores = np.empty(len(windows), dtype=np.float32)
         errors = np.empty((len(windows), model.bundle.manifest.n_features), dtype=np.float32)
         total = 0.0
-        for start in range(0, len(windows), MAX_SCORING_BATCH):
-            chunk = windows[start : start + MAX_SCORING_BATCH]
+        step = model.scorer.max_batch
+        for start in range(0, len(windows), step):
+            chunk = windows[start : start + step]
             t0 = time.perf_counter()
             result = model.scorer.score(chunk)
             took = time.perf_counter() - t0

@@ -144,7 +144,13 @@ async def test_group_scales_out_survives_sigkill_and_graceful_stop(
     doc: dict[str, Any] = {
         "kafka": {"bootstrap_servers": kafka_bootstrap, "transaction_timeout_ms": 10_000},
         "input": {"topics": [readings], "group_id": group_id, "dead_letter_topic": dlq},
-        "model": {"path": str(plant_bundle), "device": "cpu", "reload": "off", "threads": 1},
+        "model": {
+            "path": str(plant_bundle),
+            "device": "cpu",
+            "reload": "off",
+            "workers": 1,
+            "threads": 1,
+        },
         # A quick alert rule, so that alerts open (and are checked for duplicates) in a short run.
         "detector": {"k": 6, "n": 10, "m": 10},
         "alerts": {"topic": alerts},

@@ -17,7 +17,7 @@ from monitor.bundle import (
     write_manifest,
 )
 from monitor.errors import BundleError
-from monitor.scoring import CPU, CUDA, Scorer, choose_providers
+from monitor.scoring import CPU, CUDA, Scorer, choose_providers, scoring_plan
 
 
 @pytest.fixture
@@ -116,6 +116,44 @@ def test_provider_choice_falls_back_to_cpu(caplog: pytest.LogCaptureFixture) -> 
     assert choose_providers("auto", [CPU]) == [CPU]
     assert choose_providers("cuda", [CPU]) == [CPU]
     assert "scoring on CPU" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("device", "workers", "threads", "cores", "plan"),
+    [
+        # CPU, all automatic: one single-threaded run per core.
+        ("cpu", 0, 0, 2, (2, 1)),
+        ("auto", 0, 0, 8, (8, 1)),
+        # One of the two given: the cores shared out by it.
+        ("cpu", 0, 2, 8, (4, 2)),
+        ("cpu", 0, 16, 8, (1, 16)),
+        ("cpu", 2, 0, 8, (2, 4)),
+        ("cpu", 3, 0, 2, (3, 1)),
+        # A single worker keeps ONNX Runtime's own default (all cores).
+        ("cpu", 1, 0, 8, (1, 0)),
+        # Both given: as given.
+        ("cpu", 2, 3, 8, (2, 3)),
+    ],
+)
+def test_scoring_plan_on_cpu(
+    device: str, workers: int, threads: int, cores: int, plan: tuple[int, int]
+) -> None:
+    assert scoring_plan(device, workers, threads, [CPU], cores) == plan  # type: ignore[arg-type]
+    # CUDA asked for but not there: the same as CPU.
+    if device == "auto":
+        assert scoring_plan("cuda", workers, threads, [CPU], cores) == plan
+
+
+def test_scoring_plan_with_cuda_scores_one_batch_at_a_time() -> None:
+    assert scoring_plan("auto", 0, 0, [CUDA, CPU], 16) == (1, 0)
+    assert scoring_plan("cuda", 2, 1, [CUDA, CPU], 16) == (2, 1)
+    assert scoring_plan("cpu", 0, 0, [CUDA, CPU], 16) == (16, 1)
+
+
+def test_scorer_batch_limit_on_cpu(tiny_bundle: Path) -> None:
+    from monitor.scoring import CPU_BATCH
+
+    assert Scorer(load_bundle(tiny_bundle), device="cpu").max_batch == CPU_BATCH
 
 
 def test_describe_mentions_the_essentials(tiny_bundle: Path) -> None:

@@ -93,23 +93,28 @@ class _Producer:
 class _Scorer:
     """Scores a window by its last reading of sensor "a"; ``hold`` runs before each call."""
 
+    max_batch = 8192
+
     def __init__(self) -> None:
         self.calls: list[int] = []
         self.threads: set[int] = set()
         self.hold: Any = None
+        self._lock = threading.Lock()
 
     def score(self, windows: npt.NDArray[np.float32]) -> Scores:
-        self.threads.add(threading.get_ident())
-        self.calls.append(len(windows))
+        with self._lock:
+            self.threads.add(threading.get_ident())
+            self.calls.append(len(windows))
+            call = len(self.calls)
         if self.hold is not None:
-            self.hold(len(self.calls))
+            self.hold(call)
         return Scores(
             score=windows[:, -1, 0].copy(), sensor_error=np.ones((len(windows), 2), np.float32)
         )
 
 
 def _service(
-    tmp_path: Path, max_assets: int = 100_000
+    tmp_path: Path, max_assets: int = 100_000, workers: int = 1
 ) -> tuple[Service, _Scorer, _Producer, list[tuple[str, int, float]]]:
     settings = {"model": {"path": str(tmp_path)}, "windows": {"max_assets": max_assets}}
     service = Service(Settings.model_validate(settings))
@@ -140,7 +145,7 @@ def _service(
         threshold=1000.0,
         ref=ModelRef("m", "1", "0" * 64),
     )
-    service.models = SimpleNamespace(current=model)  # type: ignore[assignment]
+    service.models = SimpleNamespace(current=model, workers=workers)  # type: ignore[assignment]
     producer = _Producer()
     service._consumer = _Consumer(service)  # type: ignore[assignment]
     service._producer = producer  # type: ignore[assignment]
@@ -209,6 +214,45 @@ async def test_the_next_partition_is_prepared_while_the_last_one_is_scored(
         await service.run()
     finally:
         await service.stop()
+    assert observed == _expected()
+
+
+async def test_several_workers_score_jobs_at_once_and_detection_stays_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first job's scoring waits until the second job's has begun: with one worker it
+    # would wait in vain. The second job finishes first; its windows are still detected after
+    # the first job's.
+    monkeypatch.setattr(service_module, "OVERLAP_WINDOWS", 1)
+    service, scorer, _, observed = _service(tmp_path, workers=2)
+    second_began = threading.Event()
+
+    def hold(call: int) -> None:
+        if call == 2:
+            second_began.set()
+        elif call == 1 and not second_began.wait(timeout=10):
+            raise AssertionError("the second job was not scored beside the first")
+
+    scorer.hold = hold
+    try:
+        await service.run()
+    finally:
+        await service.stop()
+    assert len(scorer.threads) == 2
+    assert observed == _expected()
+
+
+async def test_jobs_are_scored_in_runs_of_the_scorers_batch_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "OVERLAP_WINDOWS", 1)
+    service, scorer, _, observed = _service(tmp_path)
+    scorer.max_batch = 3
+    try:
+        await service.run()
+    finally:
+        await service.stop()
+    assert scorer.calls == [3, 3, 2] * 3
     assert observed == _expected()
 
 

@@ -93,8 +93,9 @@ COMMIT_VISIBLE_POLL_S = 0.02
 
 @dataclass
 class _Outgoing:
-    """What the batches since the last commit produced, committed together in one transaction
-    (every ``input.commit_interval_ms``)."""
+    """What a batch produced, or the batches since the last commit (merged once every window
+    of theirs was detected), committed together in one transaction (every
+    ``input.commit_interval_ms``)."""
 
     alerts: list[AlertEvent] = field(default_factory=list)
     scores: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -110,6 +111,15 @@ class _Outgoing:
     last_offset: dict[TopicPartition, int] = field(default_factory=dict)
     #: ``time.monotonic()`` when the first of these batches was handled.
     since: float = field(default_factory=time.monotonic)
+    #: The window store's :meth:`~WindowStore.min_needed_offsets` at the end of the (last)
+    #: batch, where a restart after its commit must read from, when the batch may be committed
+    #: after the next one's readings were appended (None: not taken, the store is asked at the
+    #: commit).
+    needed: dict[int, int] | None = None
+    #: Jobs of this batch with the scoring threads, not yet detected; whether the batch has
+    #: been handled to its end (no more jobs to come).
+    jobs: int = 0
+    handled: bool = False
 
     #: Seconds spent per stage of the data path in the batch being handled (observed, then
     #: cleared, once per batch).
@@ -118,6 +128,15 @@ class _Outgoing:
     def count(self, counter: PromCounter, amount: float = 1) -> None:
         if amount:
             self.counts.append((counter, amount))
+
+    def merge(self, later: _Outgoing) -> None:
+        """Add a later batch's output (committed together with this one's)."""
+        self.alerts.extend(later.alerts)
+        self.scores.extend(later.scores)
+        self.dead_letters.extend(later.dead_letters)
+        self.counts.extend(later.counts)
+        self.last_offset.update(later.last_offset)
+        self.needed = later.needed
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -146,6 +165,8 @@ class _Scoring:
     assets: list[str]
     ts_ms: npt.NDArray[np.int64]
     model: LoadedModel
+    #: The batch whose windows these are (its alert events and scores go there).
+    out: _Outgoing
     #: (scores, per-sensor errors, seconds in ONNX Runtime)
     future: asyncio.Future[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], float]]
 
@@ -177,10 +198,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.service._batch_lock:
             self.service._reassigning = True
-            if (open_ := self.service._open) is not None:
+            last_offset: dict[TopicPartition, int] = {}
+            for batch in (self.service._open, *self.service._unfinished):
+                if batch is not None:
+                    last_offset.update(batch.last_offset)
+            if last_offset:
                 logger.info(
                     "committing what is open before the rebalance: %s",
-                    ", ".join(f"{tp.partition}@{last}" for tp, last in open_.last_offset.items()),
+                    ", ".join(f"{tp.partition}@{last}" for tp, last in last_offset.items()),
                 )
             try:
                 await self.service._flush_for_handover()
@@ -237,12 +262,17 @@ class Service(Lifecycle):
         self._batch_lock = asyncio.Lock()
         #: From a revocation until the next assignment (rebalance callbacks).
         self._reassigning = False
-        #: What the batches handled since the last commit produced (None: nothing).
+        #: What the batches handled since the last commit produced, once all their windows
+        #: were detected (None: nothing).
         self._open: _Outgoing | None = None
-        #: Windows of ``_open`` handed to the scoring thread and not yet detected, oldest
-        #: first. A batch leaves its last job here, scored while the next batch is fetched,
-        #: decoded and windowed; it is detected before that batch's first, before a commit, or
-        #: as soon as no records are waiting (see run()).
+        #: Batches handled (or being handled) with windows not yet detected, oldest first.
+        #: Their commit waits for those windows; the batches before them need not: see
+        #: _batch_detected.
+        self._unfinished: deque[_Outgoing] = deque()
+        #: Windows handed to the scoring threads and not yet detected, oldest first. A batch
+        #: leaves its last jobs here, scored while the next batch is fetched, decoded and
+        #: windowed; they are detected before that batch's first, before a handover, or as
+        #: soon as no records are waiting (see run()).
         self._scoring: deque[_Scoring] = deque()
         #: Per assigned partition: the last commit known to have succeeded, (offset, metadata).
         self._last_commit: dict[TopicPartition, tuple[int, str]] = {}
@@ -374,8 +404,8 @@ class Service(Lifecycle):
         s = self.settings.input
         while not self._stop.is_set():
             timeout_ms = s.fetch_timeout_ms
-            if self._open is not None:  # wake up in time to commit what is open
-                due_in = self._open.since + s.commit_interval_ms / 1000 - time.monotonic()
+            if (since := self._open_since()) is not None:  # wake up in time to commit
+                due_in = since + s.commit_interval_ms / 1000 - time.monotonic()
                 timeout_ms = max(0, min(timeout_ms, math.ceil(due_in * 1000)))
             batch = await self._fetch(timeout_ms)
             async with self._batch_lock:
@@ -399,11 +429,16 @@ class Service(Lifecycle):
                 owned = self._consumer.assignment()
                 batch = {tp: records for tp, records in batch.items() if tp in owned}
                 try:
+                    # What was detected while waiting for these records, if due.
+                    if self._commit_due() and not self._unfinished:
+                        await self._flush()
                     if batch:
                         await self._process(batch)
-                    if self._open is not None and (
-                        time.monotonic() - self._open.since >= s.commit_interval_ms / 1000
-                    ):
+                    # With windows still being scored the batches before them are committed
+                    # as soon as those are detected (_batch_detected), while the scoring
+                    # threads go on: a drain here would leave them idle for the commit and
+                    # the next fetch.
+                    if self._commit_due() and not self._unfinished:
                         await self._flush()
                 except _NotCommittedError as exc:
                     await self._rewind(exc)
@@ -428,7 +463,9 @@ class Service(Lifecycle):
             if batch:
                 return batch
             async with self._batch_lock:
-                await self._detect_scored()
+                # Batches before the last are committed on the way if due (see
+                # _batch_detected); the last one is left to the run loop.
+                await self._detect_scored(commit=True)
         batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return batch
 
@@ -727,7 +764,8 @@ class Service(Lifecycle):
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> None:
         p = self.pipeline
-        out = self._open = self._open or _Outgoing()
+        out = _Outgoing()
+        self._unfinished.append(out)
         m = self.metrics
         # Counted locally and added to the metrics once per batch, not once per record.
         tally = _Tally()
@@ -760,6 +798,12 @@ class Service(Lifecycle):
         if time.monotonic() >= self._next_expiry:
             self._expire_idle()
         m.tracked_assets.set(len(p.store))
+        out.handled = True
+        await self._batch_detected()
+        if self._unfinished and self._commit_due():
+            # Its last windows are still being scored; it is committed once they are
+            # detected, while the next batch is handled (see _batch_detected).
+            out.needed = p.store.min_needed_offsets()
 
     async def _append_partition(
         self,
@@ -823,25 +867,78 @@ class Service(Lifecycle):
         for job in self._scoring:  # nobody awaits them now
             job.future.add_done_callback(_retrieve)
         self._scoring.clear()
+        self._unfinished.clear()
 
-    async def _detect_scored(self) -> None:
+    def _open_since(self) -> float | None:
+        """When the oldest batch not yet committed was handled (None: there is none)."""
+        if self._open is not None:
+            return self._open.since
+        return self._unfinished[0].since if self._unfinished else None
+
+    def _commit_due(self) -> bool:
+        since = self._open_since()
+        interval = self.settings.input.commit_interval_ms / 1000
+        return since is not None and time.monotonic() - since >= interval
+
+    async def _batch_detected(self, *, commit: bool = True) -> None:
+        """Move the batches whose windows are all detected to what is open; commit it if due.
+
+        Called when a job has been detected and when a batch ends. Jobs are detected in batch
+        order, so the detector's state is then that of the end of the last batch moved, as the
+        commit metadata needs, although later batches' windows may be being scored: those go
+        on in the scoring threads during the transaction. The window store has moved on with
+        the next batch's readings, so the commit uses what it needed at the end of the last
+        batch moved (taken then when a commit was due; without it the commit waits).
+        """
+        per_batch = self.settings.input.commit_interval_ms == 0
+        moved = False
+        while self._unfinished and self._unfinished[0].handled and not self._unfinished[0].jobs:
+            done = self._unfinished.popleft()
+            if self._open is None:
+                self._open = done
+            else:
+                self._open.merge(done)
+            moved = True
+            if per_batch and self._can_commit_now(commit):
+                await self._commit_open()
+        if moved and self._can_commit_now(commit) and self._commit_due():
+            await self._commit_open()
+
+    def _can_commit_now(self, commit: bool) -> bool:
+        """Whether what is open can be committed from :meth:`_batch_detected`: asked to, with
+        later batches still being scored (else the run loop commits) and the window store's
+        needs at the end of the open batches known."""
+        return (
+            commit
+            and bool(self._unfinished)
+            and self._open is not None
+            and self._open.needed is not None
+        )
+
+    async def _detect_scored(self, *, commit: bool) -> None:
         """Detect every job still with the scoring thread (before a commit, or before
-        waiting for records); on failure forget them, their batches are read again."""
-        if self._open is None or not self._scoring:
+        waiting for records); on failure forget them, their batches are read again.
+        ``commit``: as :meth:`_drain`'s."""
+        if not self._scoring:
             return
+        stages = self._unfinished[-1]
         try:
-            await self._drain(self._open, keep=0)
+            await self._drain(stages, keep=0, commit=commit)
         except BaseException:
             self._abandon_scoring()
             raise
-        self._observe_stages(self._open)
+        self._observe_stages(stages)
 
     async def _flush(self) -> list[TopicPartition]:
         """Commit the batches handled since the last commit, in one transaction: their alert
         events, scores and dead letters, each partition's offset and alert state; return the
         partitions committed. Raises :class:`_NotCommittedError` (the batches are then
         dropped, the caller rewinds)."""
-        await self._detect_scored()
+        await self._detect_scored(commit=False)  # one transaction, whose partitions it returns
+        return await self._commit_open()
+
+    async def _commit_open(self) -> list[TopicPartition]:
+        """Commit what is open (see :meth:`_flush`; its windows were all detected)."""
         out, self._open = self._open, None
         if out is None:
             return []
@@ -985,7 +1082,8 @@ class Service(Lifecycle):
                 ready.windows if whole else ready.windows[idx],
             )
             assets = ready.assets if whole else [ready.assets[i] for i in idx]
-            self._scoring.append(_Scoring(assets, ready.ts_ms[idx], model, future))
+            self._scoring.append(_Scoring(assets, ready.ts_ms[idx], model, out, future))
+            out.jobs += 1
         await self._drain(out, keep=SCORING_AHEAD + self.models.workers - 1)
 
     def _score_windows(
@@ -1009,8 +1107,10 @@ class Service(Lifecycle):
             errors[start : start + len(chunk)] = result.sensor_error
         return scores, errors, total
 
-    async def _drain(self, out: _Outgoing, *, keep: int) -> None:
-        """Detect on scored windows, oldest first, until at most ``keep`` are being scored."""
+    async def _drain(self, out: _Outgoing, *, keep: int, commit: bool = True) -> None:
+        """Detect on scored windows, oldest first, until at most ``keep`` are being scored;
+        each batch whose windows are all detected is committed if due (and ``commit``). The
+        time spent goes to ``out``'s stages."""
         detector = self.pipeline.detector
         scoring = self._scoring
         while len(scoring) > keep:
@@ -1020,7 +1120,7 @@ class Service(Lifecycle):
             out.stages["score_wait"] += time.perf_counter() - t0
             scoring.popleft()
             out.stages["score"] += took
-            out.count(self.metrics.windows_scored, len(job.assets))
+            job.out.count(self.metrics.windows_scored, len(job.assets))
             if job.model is not self._model_in_use:
                 manifest = job.model.bundle.manifest
                 detector.set_model(
@@ -1028,7 +1128,10 @@ class Service(Lifecycle):
                 )
                 self._model_in_use = job.model
             with out.timed("detect"):
-                self._detect(job.assets, job.ts_ms, scores, errors, out)
+                self._detect(job.assets, job.ts_ms, scores, errors, job.out)
+            job.out.jobs -= 1
+            if not job.out.jobs:
+                await self._batch_detected(commit=commit)
 
     def _detect(
         self,
@@ -1081,9 +1184,8 @@ class Service(Lifecycle):
 
     async def _commit(self, out: _Outgoing, last_offset: Mapping[TopicPartition, int]) -> None:
         assert self._producer is not None
-        p = self.pipeline
         s = self.settings
-        needed = p.store.min_needed_offsets()
+        needed = out.needed if out.needed is not None else self.pipeline.store.min_needed_offsets()
         commits: dict[TopicPartition, tuple[int, str]] = {}
         for tp, last in last_offset.items():
             start = min(needed.get(self._slot(tp), last + 1), last + 1)

@@ -114,9 +114,13 @@ class _Scorer:
 
 
 def _service(
-    tmp_path: Path, max_assets: int = 100_000, workers: int = 1
+    tmp_path: Path, max_assets: int = 100_000, workers: int = 1, commit_interval_ms: int = 100
 ) -> tuple[Service, _Scorer, _Producer, list[tuple[str, int, float]]]:
-    settings = {"model": {"path": str(tmp_path)}, "windows": {"max_assets": max_assets}}
+    settings = {
+        "model": {"path": str(tmp_path)},
+        "windows": {"max_assets": max_assets},
+        "input": {"commit_interval_ms": commit_interval_ms},
+    }
     service = Service(Settings.model_validate(settings))
     detector = Detector(
         DetectorConfig(k=1, n=1, m=5),
@@ -292,6 +296,8 @@ async def test_refusals_by_the_asset_cap_are_logged_at_most_once_a_minute(
         "asset_limit; raise windows.max_assets or set windows.overflow: evict_idle"
     ]
     assert service._refused == 14
+    await service._detect_scored(commit=False)  # their last windows: then both are open
+    assert service._open is not None
     reasons = [dict(headers)["plantwatch.reason"] for _, _, headers in service._open.dead_letters]
     assert reasons == [b"asset_limit"] * 28
 
@@ -391,3 +397,46 @@ async def test_windows_left_in_the_scoring_thread_are_detected_before_waiting_fo
     assert consumer.timeouts[1] == 0  # asked whether records were waiting; none were
     assert seen_before_wait[-1] == len(_expected())
     assert observed == _expected()
+
+
+async def test_a_batch_is_committed_while_the_next_ones_windows_are_scored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One job per partition: the first batch's are calls 1-3, the second's 4-6. The loop
+    # commits the first batch once its last windows are detected, with the second batch's
+    # first two partitions appended and their jobs with the scoring thread; call 4 waits for
+    # that commit (with a drain before each commit it would come before call 4 was handed
+    # over, and the thread would idle during the transaction).
+    monkeypatch.setattr(service_module, "OVERLAP_WINDOWS", 1)
+    service, scorer, producer, observed = _service(tmp_path, commit_interval_ms=0)
+    service._consumer = _Batches(service, _batch(), _batch_later(STEPS))  # type: ignore[assignment]
+    committed = threading.Event()
+    scoring_at_commit: list[int] = []
+    send_offsets = producer.send_offsets_to_transaction
+
+    async def record(offsets: dict[TopicPartition, tuple[int, str]], group_id: str) -> None:
+        scoring_at_commit.append(len(service._scoring))
+        await send_offsets(offsets, group_id)
+        committed.set()
+
+    producer.send_offsets_to_transaction = record  # type: ignore[method-assign]
+
+    def hold(call: int) -> None:
+        if call == 4 and not committed.wait(timeout=10):
+            raise AssertionError("the first batch was not committed while the second's scored")
+
+    scorer.hold = hold
+    try:
+        await service.run()
+    finally:
+        await service.stop()
+    # Calls 4 and 5 (the second batch's first two partitions) were with the scoring thread.
+    assert scoring_at_commit[0] == 2
+    first = producer.offsets[0]
+    assert sorted(first) == sorted(PARTITIONS)
+    # Where a restart reads from is what the first batch's windows needed (the last L - 1
+    # readings of each asset: steps 4-6, offsets from 40), not what the store holds after the
+    # second batch's readings of the same partitions.
+    assert {tp: start for tp, (start, _) in first.items()} == dict.fromkeys(PARTITIONS, 40)
+    assert observed[: len(_expected())] == _expected()
+    assert len(observed) == 2 * len(_expected()) + 6 * len(PARTITIONS)

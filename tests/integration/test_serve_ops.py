@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor.bundle import load_bundle
 from monitor.errors import ConfigError
 from monitor.records import encode_binary, encode_json_reading
-from monitor.service import Service
+from monitor.service import SWITCH_INTERVAL_S, Service
 from tests.harness import read_topic, running, sample, settings_for, wait_consumed
 from training.simulator import PlantConfig, PlantSimulator
 
@@ -185,6 +186,7 @@ async def test_readyz_follows_partition_ownership(
             await asyncio.sleep(0.1)
         raise AssertionError(f"timed out waiting until {what}")
 
+    before = sys.getswitchinterval()
     async with aiohttp.ClientSession() as http, running(settings) as first:
 
         async def first_ready() -> bool:
@@ -215,6 +217,9 @@ async def test_readyz_follows_partition_ownership(
                 return (await readyz(http, idle))[0] == 200
 
             await until(idle_ready, "the remaining instance takes the partition over")
+            # The GIL switch interval is the service's while one runs, Python's once none does.
+            assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+    assert sys.getswitchinterval() == pytest.approx(before)
 
 
 async def test_missing_topics_stop_the_start_with_one_line(

@@ -342,7 +342,7 @@ class PipelineRun:
     windows: int  # scored
     alert_events: int  # on the alerts topic, by event type
     #: Seconds per stage of the service's ``batch_stage_seconds`` (``score`` runs in the
-    #: scoring thread beside the loop; the loop waits ``score_wait`` for it).
+    #: scoring threads beside the loop, summed over them; the loop waits ``score_wait`` for it).
     stages: dict[str, float] = field(default_factory=dict)
 
     def stage_line(self) -> str:
@@ -889,7 +889,7 @@ async def latency_section(
     )
     say("Where a batch's time goes (the same runs; mean per batch, a commit's time spread over the")
     say("batches it commits (one per `input.commit_interval_ms`); from the service's")
-    say("`batch_stage_seconds`; score runs in the scoring thread beside decode and windows, the")
+    say("`batch_stage_seconds`; score runs in the scoring threads beside decode and windows, the")
     say("loop waits score_wait for it; cycle: the loop's time, every stage but score; GC: the")
     say("Python garbage collector's runs in the service process):\n")
     say(
@@ -1094,7 +1094,8 @@ async def main(args: argparse.Namespace) -> int:
         )
         say(
             "Where the last plantwatch run of each format spent its time (seconds, the service's "
-            "`batch_stage_seconds`; score runs in the scoring thread beside the loop, which "
+            "`batch_stage_seconds`; score runs in the scoring threads beside the loop, summed over "
+            "them, and the loop "
             "waits score_wait for it; loop: every stage but score):\n"
         )
         say("\n".join(stage_lines) + "\n")

@@ -96,7 +96,8 @@ class ModelSettings(_Section):
     path: Path
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Batches scored at once, each in its own thread. 0: one per CPU core on CPU (each
-    #: single-threaded), one with CUDA.
+    #: single-threaded; the cores are the affinity capped by a cgroup CPU quota, e.g. a
+    #: container's limits.cpu), one with CUDA.
     workers: int = Field(default=0, ge=0, description="batches scored at once (0: auto)")
     #: ONNX Runtime intra-op threads per batch. 0: the cores shared out among the workers
     #: (ONNX Runtime's default, all cores, for a single worker).

@@ -7,8 +7,10 @@ Runtime sessions are); the service calls it from a worker thread so the event lo
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -52,12 +54,32 @@ class Scores:
     sensor_error: npt.NDArray[np.float32]  # [batch, n_features]
 
 
-def cpu_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the platform tells)."""
+def cpu_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may use: its CPU affinity where the platform tells, capped by a
+    cgroup CPU quota (a container's ``limits.cpu``, which the affinity does not show)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup)
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs allowed by the cgroup quota under ``root`` (v2 ``cpu.max``, else v1's
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None without a quota or cgroups."""
+    try:
+        fields = (root / "cpu.max").read_text().split()
+    except OSError:
+        fields = []
+    try:
+        if len(fields) == 2:
+            return None if fields[0] == "max" else int(fields[0]) / int(fields[1])
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def scoring_plan(

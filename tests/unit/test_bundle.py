@@ -17,7 +17,15 @@ from monitor.bundle import (
     write_manifest,
 )
 from monitor.errors import BundleError
-from monitor.scoring import CPU, CUDA, Scorer, choose_providers, scoring_plan
+from monitor.scoring import (
+    CPU,
+    CUDA,
+    Scorer,
+    cgroup_cpu_quota,
+    choose_providers,
+    cpu_cores,
+    scoring_plan,
+)
 
 
 @pytest.fixture
@@ -148,6 +156,32 @@ def test_scoring_plan_with_cuda_scores_one_batch_at_a_time() -> None:
     assert scoring_plan("auto", 0, 0, [CUDA, CPU], 16) == (1, 0)
     assert scoring_plan("cuda", 2, 1, [CUDA, CPU], 16) == (2, 1)
     assert scoring_plan("cpu", 0, 0, [CUDA, CPU], 16) == (16, 1)
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2.0),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu.max": "garbage 0\n"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_cpu_quota(tmp_path: Path, files: dict[str, str], quota: float | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(tmp_path) == quota
+
+
+def test_cpu_cores_are_capped_by_the_cgroup_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cpu_cores(tmp_path) == min(2, cpu_cores(tmp_path / "none"))
+    (tmp_path / "cpu.max").write_text("10000 100000\n")
+    assert cpu_cores(tmp_path) == 1
 
 
 def test_scorer_batch_limit_on_cpu(tiny_bundle: Path) -> None:

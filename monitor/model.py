@@ -13,6 +13,7 @@ files are read again on every load, so a key added or retired there counts from 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,17 +81,31 @@ class ModelManager:
         self.path = path
         self.trusted_keys = tuple(trusted_keys)
         self.device: Device = device
-        #: As configured (0: auto); :attr:`workers` and :attr:`threads` are resolved at the
-        #: first load, once the providers are known.
-        self._workers, self._threads = workers, threads
-        self.workers = workers or 1
-        self.threads = threads
-        self._planned = False
+        #: ``model.workers`` and ``model.threads`` as configured (0: auto): see :attr:`plan`.
+        self._configured = (workers, threads)
         self.io_binding = io_binding
         self.metrics = metrics
         self._current: LoadedModel | None = None
         self._stamp: Stamp | None = None
         self._reload_requested = asyncio.Event()
+
+    @functools.cached_property
+    def plan(self) -> tuple[int, int]:
+        """Batches scored at once and ONNX Runtime threads for each: see :func:`scoring_plan`
+        (resolved once, from the providers installed and the cores)."""
+        workers, threads = scoring_plan(
+            self.device, *self._configured, available_providers(), cpu_cores()
+        )
+        logger.info(
+            "scoring %d batch(es) at once, %s ONNX Runtime thread(s) each",
+            workers,
+            threads or "all",
+        )
+        return workers, threads
+
+    @property
+    def workers(self) -> int:
+        return self.plan[0]
 
     @property
     def current(self) -> LoadedModel:
@@ -105,16 +120,6 @@ class ModelManager:
     def _build(self) -> LoadedModel:
         keys = load_trusted_keys(self.trusted_keys)
         bundle = load_bundle(self.path, trusted_keys=keys)
-        if not self._planned:
-            self.workers, self.threads = scoring_plan(
-                self.device, self._workers, self._threads, available_providers(), cpu_cores()
-            )
-            self._planned = True
-            logger.info(
-                "scoring %d batch(es) at once, %s ONNX Runtime thread(s) each",
-                self.workers,
-                self.threads or "all",
-            )
         # The service overlaps scoring with the event loop's work on the next batch: pool
         # threads spinning between runs would take the loop's core. Measured on 2 cores
         # (bench/results/performance.md, session 6): with spinning the overlap bought nothing;
@@ -122,7 +127,7 @@ class ModelManager:
         scorer = Scorer(
             bundle,
             device=self.device,
-            threads=self.threads,
+            threads=self.plan[1],
             io_binding=self.io_binding,
             spinning=False,
         )

@@ -445,17 +445,10 @@ class Service(Lifecycle):
                 owned = self._consumer.assignment()
                 batch = {tp: records for tp, records in batch.items() if tp in owned}
                 try:
-                    # What was detected while waiting for these records, if due.
-                    if self._commit_due() and not self._unfinished:
-                        await self._flush()
+                    await self._flush_if_due()  # what was detected while waiting for these
                     if batch:
                         await self._process(batch)
-                    # With windows still being scored the batches before them are committed
-                    # as soon as those are detected (_batch_detected), while the scoring
-                    # threads go on: a drain here would leave them idle for the commit and
-                    # the next fetch.
-                    if self._commit_due() and not self._unfinished:
-                        await self._flush()
+                    await self._flush_if_due()
                 except _NotCommittedError as exc:
                     await self._rewind(exc)
             self._update_lag()
@@ -920,21 +913,16 @@ class Service(Lifecycle):
             else:
                 self._open.merge(done)
             moved = True
-            if per_batch and self._can_commit_now(commit):
+            if commit and per_batch and self._committable_now():
                 await self._commit_open()
-        if moved and self._can_commit_now(commit) and self._commit_due():
+        if commit and moved and self._committable_now() and self._commit_due():
             await self._commit_open()
 
-    def _can_commit_now(self, commit: bool) -> bool:
-        """Whether what is open can be committed from :meth:`_batch_detected`: asked to, with
-        later batches still being scored (else the run loop commits) and the window store's
-        needs at the end of the open batches known."""
-        return (
-            commit
-            and bool(self._unfinished)
-            and self._open is not None
-            and self._open.needed is not None
-        )
+    def _committable_now(self) -> bool:
+        """Whether what is open can be committed from :meth:`_batch_detected`: later batches
+        are still being scored (else the run loop commits) and the window store's needs at the
+        end of the open batches are known."""
+        return bool(self._unfinished) and self._open is not None and self._open.needed is not None
 
     async def _detect_scored(self, *, commit: bool) -> None:
         """Detect every job still with the scoring thread (before a commit, or before
@@ -949,6 +937,14 @@ class Service(Lifecycle):
             self._abandon_scoring()
             raise
         self._observe_stages(stages)
+
+    async def _flush_if_due(self) -> None:
+        """:meth:`_flush` when a commit is due and no windows are being scored. With windows
+        still being scored, the batches before them are committed as soon as those are
+        detected (_batch_detected), while the scoring threads go on: a drain here would leave
+        them idle for the commit and the next fetch."""
+        if self._commit_due() and not self._unfinished:
+            await self._flush()
 
     async def _flush(self) -> list[TopicPartition]:
         """Commit the batches handled since the last commit, in one transaction: their alert

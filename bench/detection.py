@@ -183,6 +183,7 @@ def _model(args: argparse.Namespace, family: str, seed: int, window: int | None)
         hyperparameters=hyper,
         ignore_sensors=tuple(c for c in args.ignore.split(",") if c),
         sensor_weighting=args.sensor_weighting,
+        modes=args.modes,
     )
 
 
@@ -436,6 +437,9 @@ def main() -> int:
         default="none",
         choices=SENSOR_WEIGHTINGS,
         help="the log's labels predate the option: tag balanced runs (e.g. --tag bal)",
+    )
+    r.add_argument(
+        "--modes", type=int, default=0, help="operating modes with a threshold each (tag: m3)"
     )
     r.add_argument("--threshold-rule", default="quantile", choices=RULES)
     r.add_argument("--threshold-quantile", type=float, default=0.99)

@@ -239,13 +239,20 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _add_sensor_weighting(p: argparse.ArgumentParser) -> None:
-    """``--sensor-weighting``, shared by ``train`` and ``evaluate``."""
+    """``--sensor-weighting`` and ``--modes``, shared by ``train`` and ``evaluate``."""
     p.add_argument(
         "--sensor-weighting",
         default="none",
         choices=("none", "balanced"),
         help="none (default): the score is the plain mean of the sensors' errors; balanced: "
         "each sensor's error in units of its mean on validation windows",
+    )
+    p.add_argument(
+        "--modes",
+        type=int,
+        default=0,
+        help="operating modes (k-means on each window's mean per sensor) with a threshold "
+        "each; 0 (default): one threshold",
     )
 
 
@@ -301,6 +308,7 @@ def _run_train(args: argparse.Namespace) -> int:
         hyperparameters=_parse_hyper(args.hyper),
         name=args.name,
         sensor_weighting=args.sensor_weighting,
+        modes=args.modes,
     )
     result = train_bundle(config)
     m = result.bundle.manifest
@@ -666,6 +674,7 @@ def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
             pot_risk=args.pot_risk,
             ignore_sensors=tuple(args.ignore_columns or ()),
             sensor_weighting=args.sensor_weighting,
+            modes=args.modes,
         ),
         alerts=alerts,
         generic=GenericOptions(

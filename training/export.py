@@ -17,6 +17,7 @@ from torch import nn
 from monitor.bundle import INPUT_NAME, OUTPUT_SCORE, OUTPUT_SENSOR_ERROR
 from monitor.errors import BundleError
 from training.models import pointwise_error
+from training.modes import ModeThresholds
 from training.windows import StandardScaler
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ class ScoringGraph(nn.Module):
     ``sensor_error[b, f]`` is the mean squared reconstruction error of sensor ``f`` over the
     window in normalised units (for a family with its own ``pointwise_error``, such as the PCA
     baseline, the mean of that error), times the sensor's weight when ``sensor_weight`` is given
-    (see :func:`balanced_weights`); ``score[b]`` is its mean over sensors, so each sensor's share
-    of the score is ``sensor_error / (n_features * score)``, for every family.
+    (see :func:`balanced_weights`), times the window's operating-mode scale when ``modes`` is
+    given (see :mod:`training.modes`); ``score[b]`` is its mean over sensors, so each sensor's
+    share of the score is ``sensor_error / (n_features * score)``, for every family.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class ScoringGraph(nn.Module):
         autoencoder: nn.Module,
         scaler: StandardScaler,
         sensor_weight: npt.NDArray[np.floating] | None = None,
+        modes: ModeThresholds | None = None,
     ) -> None:
         super().__init__()
         self.autoencoder = autoencoder
@@ -54,6 +57,15 @@ class ScoringGraph(nn.Module):
             if sensor_weight is None
             else torch.tensor(np.asarray(sensor_weight), dtype=torch.float32),
         )
+        self.mode_centroids: torch.Tensor | None
+        self.mode_scale: torch.Tensor | None
+        self.register_buffer(
+            "mode_centroids",
+            None if modes is None else torch.tensor(modes.centroids, dtype=torch.float32),
+        )
+        self.register_buffer(
+            "mode_scale", None if modes is None else torch.tensor(modes.scale, dtype=torch.float32)
+        )
 
     def forward(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = (window - self.mean) * self.inv_scale
@@ -61,6 +73,11 @@ class ScoringGraph(nn.Module):
         sensor_error = error.mean(dim=1)
         if self.sensor_weight is not None:
             sensor_error = sensor_error * self.sensor_weight
+        if self.mode_centroids is not None and self.mode_scale is not None:
+            # The window's operating point (mean per sensor) picks the nearest mode's scale.
+            point = z.mean(dim=1)
+            distance = (point.unsqueeze(1) - self.mode_centroids).square().sum(dim=2)
+            sensor_error = sensor_error * self.mode_scale[distance.argmin(dim=1)].unsqueeze(1)
         return sensor_error.mean(dim=1), sensor_error
 
 

@@ -45,6 +45,7 @@ from training.export import (
 )
 from training.fit import FitConfig, fit, seed_everything
 from training.models import build_model
+from training.modes import ModeThresholds, fit_modes, operating_points
 from training.pca import PCAModel
 from training.report import write_report
 from training.windows import StandardScaler, time_split, windows_from_segments
@@ -85,6 +86,8 @@ class TrainConfig:
     #: windows (relative to the mean over sensors: :func:`training.export.balanced_weights`),
     #: the weights baked into the graph. Measured in bench/results/detection.md (session 9).
     sensor_weighting: str = "none"
+    #: Operating modes with a threshold each (:mod:`training.modes`); 0 or 1: one threshold.
+    modes: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         raise ConfigError(f"--window must be at least 2, got {config.window}")
     if config.stride < 1:
         raise ConfigError(f"--stride must be at least 1, got {config.stride}")
+    if config.modes < 0:
+        raise ConfigError(f"--modes must be 0 (one threshold) or more, got {config.modes}")
     if config.sensor_weighting not in SENSOR_WEIGHTINGS:
         raise ConfigError(
             f"--sensor-weighting must be one of {', '.join(SENSOR_WEIGHTINGS)}, "
@@ -149,6 +154,22 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         # What the weighted graph computes (sensor_error × weight, mean over sensors), from the
         # errors already at hand instead of scoring the validation windows again.
         val_scores = (val_errors * weights.astype(np.float32)).mean(axis=1)
+    modes = None
+    if config.modes > 1:
+        val_points = operating_points(scaler.transform(val_raw))
+        try:
+            modes = fit_modes(
+                operating_points(scaler.transform(train_raw)),
+                val_points,
+                val_scores,
+                config.modes,
+                config.threshold,
+                seed=config.fit.seed,
+            )
+        except ValueError as exc:
+            raise DataError(f"{config.data}: cannot calibrate per-mode thresholds: {exc}") from None
+        graph = ScoringGraph(result.model, scaler, sensor_weight=weights, modes=modes)
+        val_scores = (val_scores * modes.scale_of(val_points)).astype(np.float32)
     try:
         threshold = config.threshold.calibrate(val_scores)
     except ValueError as exc:
@@ -161,7 +182,16 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         export_onnx(graph, onnx_path, config.window, len(features))
         parity = check_parity(onnx_path, graph, val_raw[_spread(len(val_raw), PARITY_WINDOWS)])
         manifest = _manifest(
-            config, dataset, scaler, threshold, val_scores, onnx_path, parity, result.model, weights
+            config,
+            dataset,
+            scaler,
+            threshold,
+            val_scores,
+            onnx_path,
+            parity,
+            result.model,
+            weights,
+            modes,
         )
         write_manifest(staging, manifest)
         report = (
@@ -193,6 +223,7 @@ def _manifest(
     parity: float,
     model: torch.nn.Module | None = None,
     sensor_weights: npt.NDArray[np.float64] | None = None,
+    modes: ModeThresholds | None = None,
 ) -> Manifest:
     now = dt.datetime.now(dt.UTC)
     fp = dataset.fingerprint
@@ -214,6 +245,8 @@ def _manifest(
     if sensor_weights is not None:
         hyper["sensor_weighting"] = config.sensor_weighting
         hyper["sensor_weights"] = [float(w) for w in sensor_weights.astype(np.float32)]
+    if modes is not None:
+        hyper.update(modes.to_json())
     if isinstance(model, PCAModel):
         hyper["components_fitted"] = model.fitted_components
         hyper["explained_variance_fitted"] = model.fitted_explained

@@ -69,6 +69,8 @@ class ModelOptions:
     ignore_sensors: tuple[str, ...] = ()
     #: :attr:`training.pipeline.TrainConfig.sensor_weighting`.
     sensor_weighting: str = "none"
+    #: :attr:`training.pipeline.TrainConfig.modes`.
+    modes: int = 0
 
 
 #: Protocol defaults for the ``None`` fields of :class:`ModelOptions`.
@@ -272,6 +274,7 @@ def _train(
         # Dozens of per-file bundles: their plots would only cost time.
         report=False,
         sensor_weighting=model.sensor_weighting,
+        modes=model.modes,
     )
     return train_bundle(config).bundle
 

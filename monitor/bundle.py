@@ -275,7 +275,9 @@ def describe(bundle: Bundle) -> str:
     v = m.validation
     quantiles = ", ".join(f"q{k}={val:.4g}" for k, val in v.quantiles.items())
     params = ", ".join(f"{k}={val:g}" for k, val in m.threshold.params.items())
-    hyper = ", ".join(f"{k}={val}" for k, val in m.model.hyperparameters.items())
+    hp = m.model.hyperparameters
+    # Per-mode thresholds (training.modes) get a line of their own; centroids are not listed.
+    hyper = ", ".join(f"{k}={val}" for k, val in hp.items() if not k.startswith("mode"))
     scaler = "\n".join(
         f"    {name:<24} mean={mu:<12.5g} scale={sd:.5g}"
         for name, mu, sd in zip(m.features, m.scaler.mean, m.scaler.scale, strict=True)
@@ -290,6 +292,7 @@ def describe(bundle: Bundle) -> str:
         f"window      length={m.window.length} stride={m.window.stride} "
         f"interval={m.sampling_interval_s:g}s",
         f"threshold   {m.threshold.value:.6g} (rule {m.threshold.rule}: {params})",
+        *_modes_line(hp),
         f"validation  {v.n_windows} windows: mean={v.mean:.4g} std={v.std:.4g} "
         f"max={v.max:.4g}; {quantiles}; above threshold {v.above_threshold:.2%}",
         f"data        {data.rows} rows, {data.start} .. {data.end}, sha256={data.sha256[:16]}…",
@@ -302,6 +305,18 @@ def describe(bundle: Bundle) -> str:
         scaler,
     ]
     return "\n".join(lines)
+
+
+def _modes_line(hyper: dict[str, Any]) -> list[str]:
+    """``plantwatch train --modes``: each mode's score scale and validation windows."""
+    if "mode_scale" not in hyper:
+        return []
+    scale = ", ".join(f"{v:.3g}" for v in hyper["mode_scale"])
+    counts = ", ".join(str(n) for n in hyper.get("mode_validation_windows", ()))
+    return [
+        f"modes       {hyper.get('modes', len(hyper['mode_scale']))}: score × {scale} "
+        f"(validation windows {counts})"
+    ]
 
 
 def signature_line(bundle: Bundle) -> str:

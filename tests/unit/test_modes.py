@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from monitor.bundle import describe
 from monitor.errors import ConfigError
 from monitor.scoring import Scorer
 from training.calibrate import QuantileRule
@@ -151,6 +152,11 @@ def test_a_bundle_with_modes_alerts_as_often_in_each_mode(tmp_path: Path) -> Non
     assert hyper["modes"] == 2
     assert min(hyper["mode_validation_windows"]) >= MIN_MODE_WINDOWS
     assert "modes" not in one.bundle.manifest.model.hyperparameters
+    # plantwatch inspect: one line for the modes, no centroid lists in the hyperparameters.
+    text = describe(two.bundle)
+    assert "\nmodes       2: score × " in text
+    assert "mode_centroids" not in text
+    assert "\nmodes" not in describe(one.bundle)
     # Both bundles keep normal windows of both modes below the threshold (about 1 % reach the
     # 0.99 quantile, and the threshold is 1.5 times that).
     for scorer in (one, two):

@@ -222,7 +222,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"{label} seed {seed}: {json.dumps(shown)} wall {wall:.0f} s cpu {cpu:.0f} s")
     if args.sim:
         with tempfile.TemporaryDirectory(prefix="pw-sim-eval-") as tmp:
-            data = write_sim_dataset(Path(tmp) / "sim", SimDataset())
+            # --sim-test-seed: another day of the same plant (other fault episodes), to choose
+            # options on without looking at the reported test day (seed 12).
+            data = write_sim_dataset(Path(tmp) / "sim", SimDataset(test_seed=args.sim_test_seed))
             for family in args.sim_families.split(","):
                 for seed in seeds:
                     model = _model(args, family, seed, args.window)
@@ -427,6 +429,12 @@ def main() -> int:
     r.add_argument("--skab-families", default="dense")
     r.add_argument("--sim", action="store_true", help="also run the simulator generic data set")
     r.add_argument("--sim-families", default="dense,conv,lstm,vae,pca")
+    r.add_argument(
+        "--sim-test-seed",
+        type=int,
+        default=SimDataset().test_seed,
+        help="the simulator's test day (default: the reported one); tag other days, e.g. val13",
+    )
     r.add_argument("--seeds", default="0,1,2")
     r.add_argument("--window", type=int)
     r.add_argument("--epochs", type=int)

@@ -44,6 +44,7 @@ from training.calibrate import RULES, SENSOR_WEIGHTINGS
 from training.evaluate import AlertOptions, EvaluationResult, ModelOptions, evaluate
 from training.evaluate.protocols import slug
 from training.evaluate.simdata import SimDataset, write_sim_dataset
+from training.flatline import FLATLINE_MODES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import cpu_model
@@ -184,6 +185,7 @@ def _model(args: argparse.Namespace, family: str, seed: int, window: int | None)
         ignore_sensors=tuple(c for c in args.ignore.split(",") if c),
         sensor_weighting=args.sensor_weighting,
         modes=args.modes,
+        flatline=args.flatline,
     )
 
 
@@ -449,6 +451,7 @@ def main() -> int:
     r.add_argument(
         "--modes", type=int, default=0, help="operating modes with a threshold each (tag: m3)"
     )
+    r.add_argument("--flatline", default="auto", choices=FLATLINE_MODES, help="(tag off: nofl)")
     r.add_argument("--threshold-rule", default="quantile", choices=RULES)
     r.add_argument("--threshold-quantile", type=float, default=0.99)
     r.add_argument("--threshold-factor", type=float, default=1.5)

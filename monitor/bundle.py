@@ -277,7 +277,9 @@ def describe(bundle: Bundle) -> str:
     params = ", ".join(f"{k}={val:g}" for k, val in m.threshold.params.items())
     hp = m.model.hyperparameters
     # Per-mode thresholds (training.modes) get a line of their own; centroids are not listed.
-    hyper = ", ".join(f"{k}={val}" for k, val in hp.items() if not k.startswith("mode"))
+    hyper = ", ".join(
+        f"{k}={val}" for k, val in hp.items() if not k.startswith(("mode", "flatline"))
+    )
     scaler = "\n".join(
         f"    {name:<24} mean={mu:<12.5g} scale={sd:.5g}"
         for name, mu, sd in zip(m.features, m.scaler.mean, m.scaler.scale, strict=True)
@@ -293,6 +295,7 @@ def describe(bundle: Bundle) -> str:
         f"interval={m.sampling_interval_s:g}s",
         f"threshold   {m.threshold.value:.6g} (rule {m.threshold.rule}: {params})",
         *_modes_line(hp),
+        *_flatline_line(hp),
         f"validation  {v.n_windows} windows: mean={v.mean:.4g} std={v.std:.4g} "
         f"max={v.max:.4g}; {quantiles}; above threshold {v.above_threshold:.2%}",
         f"data        {data.rows} rows, {data.start} .. {data.end}, sha256={data.sha256[:16]}…",
@@ -317,6 +320,14 @@ def _modes_line(hyper: dict[str, Any]) -> list[str]:
         f"modes       {hyper.get('modes', len(hyper['mode_scale']))}: score × {scale} "
         f"(validation windows {counts})"
     ]
+
+
+def _flatline_line(hyper: dict[str, Any]) -> list[str]:
+    """The sensors whose exactly constant windows score as anomalous (training.flatline)."""
+    if "flatline_sensors" not in hyper:
+        return []
+    names = ", ".join(hyper["flatline_sensors"])
+    return [f"flatline    a window of identical readings scores ≥ 2 × threshold for: {names}"]
 
 
 def signature_line(bundle: Bundle) -> str:

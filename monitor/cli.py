@@ -239,7 +239,8 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _add_sensor_weighting(p: argparse.ArgumentParser) -> None:
-    """``--sensor-weighting`` and ``--modes``, shared by ``train`` and ``evaluate``."""
+    """``--sensor-weighting``, ``--modes`` and ``--flatline``, shared by ``train`` and
+    ``evaluate``."""
     p.add_argument(
         "--sensor-weighting",
         default="none",
@@ -253,6 +254,13 @@ def _add_sensor_weighting(p: argparse.ArgumentParser) -> None:
         default=0,
         help="operating modes (k-means on each window's mean per sensor) with a threshold "
         "each; 0 (default): one threshold",
+    )
+    p.add_argument(
+        "--flatline",
+        default="auto",
+        choices=("auto", "off"),
+        help="auto (default): a window in which a sensor that always varies in the normal data "
+        "is exactly constant (stuck) scores at least twice the threshold; off: no such check",
     )
 
 
@@ -309,6 +317,7 @@ def _run_train(args: argparse.Namespace) -> int:
         name=args.name,
         sensor_weighting=args.sensor_weighting,
         modes=args.modes,
+        flatline=args.flatline,
     )
     result = train_bundle(config)
     m = result.bundle.manifest
@@ -675,6 +684,7 @@ def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
             ignore_sensors=tuple(args.ignore_columns or ()),
             sensor_weighting=args.sensor_weighting,
             modes=args.modes,
+            flatline=args.flatline,
         ),
         alerts=alerts,
         generic=GenericOptions(

@@ -16,6 +16,7 @@ from torch import nn
 
 from monitor.bundle import INPUT_NAME, OUTPUT_SCORE, OUTPUT_SENSOR_ERROR
 from monitor.errors import BundleError
+from training.flatline import Flatline
 from training.models import pointwise_error
 from training.modes import ModeThresholds
 from training.windows import StandardScaler
@@ -32,8 +33,10 @@ class ScoringGraph(nn.Module):
     window in normalised units (for a family with its own ``pointwise_error``, such as the PCA
     baseline, the mean of that error), times the sensor's weight when ``sensor_weight`` is given
     (see :func:`balanced_weights`), times the window's operating-mode scale when ``modes`` is
-    given (see :mod:`training.modes`); ``score[b]`` is its mean over sensors, so each sensor's
-    share of the score is ``sensor_error / (n_features * score)``, for every family.
+    given (see :mod:`training.modes`), plus the flatline penalty when a sensor checked by
+    ``flatline`` has identical readings throughout the window (see :mod:`training.flatline`);
+    ``score[b]`` is its mean over sensors, so each sensor's share of the score is
+    ``sensor_error / (n_features * score)``, for every family.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class ScoringGraph(nn.Module):
         scaler: StandardScaler,
         sensor_weight: npt.NDArray[np.floating] | None = None,
         modes: ModeThresholds | None = None,
+        flatline: Flatline | None = None,
     ) -> None:
         super().__init__()
         self.autoencoder = autoencoder
@@ -66,6 +70,14 @@ class ScoringGraph(nn.Module):
         self.register_buffer(
             "mode_scale", None if modes is None else torch.tensor(modes.scale, dtype=torch.float32)
         )
+        # Penalty per sensor: flatline.penalty where checked, 0 elsewhere.
+        self.flat_penalty: torch.Tensor | None
+        self.register_buffer(
+            "flat_penalty",
+            None
+            if flatline is None
+            else torch.tensor(flatline.checked * flatline.penalty, dtype=torch.float32),
+        )
 
     def forward(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = (window - self.mean) * self.inv_scale
@@ -78,6 +90,9 @@ class ScoringGraph(nn.Module):
             point = z.mean(dim=1)
             distance = (point.unsqueeze(1) - self.mode_centroids).square().sum(dim=2)
             sensor_error = sensor_error * self.mode_scale[distance.argmin(dim=1)].unsqueeze(1)
+        if self.flat_penalty is not None:
+            flat = window.amax(dim=1) == window.amin(dim=1)
+            sensor_error = sensor_error + flat.to(sensor_error.dtype) * self.flat_penalty
         return sensor_error.mean(dim=1), sensor_error
 
 

@@ -44,6 +44,7 @@ from training.export import (
     score_windows,
 )
 from training.fit import FitConfig, fit, seed_everything
+from training.flatline import FLATLINE_MODES, Flatline, fit_flatline
 from training.models import build_model
 from training.modes import ModeThresholds, fit_modes, operating_points
 from training.pca import PCAModel
@@ -88,6 +89,9 @@ class TrainConfig:
     sensor_weighting: str = "none"
     #: Operating modes with a threshold each (:mod:`training.modes`); 0 or 1: one threshold.
     modes: int = 0
+    #: ``"auto"``: a window in which a sensor that always varies in normal data is exactly
+    #: constant scores at least twice the threshold (:mod:`training.flatline`); ``"off"``.
+    flatline: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,10 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         raise ConfigError(f"--window must be at least 2, got {config.window}")
     if config.stride < 1:
         raise ConfigError(f"--stride must be at least 1, got {config.stride}")
+    if config.flatline not in FLATLINE_MODES:
+        raise ConfigError(
+            f"--flatline must be one of {', '.join(FLATLINE_MODES)}, got {config.flatline!r}"
+        )
     if config.modes < 0:
         raise ConfigError(f"--modes must be 0 (one threshold) or more, got {config.modes}")
     if config.sensor_weighting not in SENSOR_WEIGHTINGS:
@@ -175,12 +183,26 @@ def train_bundle(config: TrainConfig) -> TrainResult:
     except ValueError as exc:
         raise DataError(f"{config.data}: cannot calibrate the threshold: {exc}") from None
 
+    flatline = None
+    if config.flatline == "auto":
+        # Every normal reading at stride 1, training and validation rows alike.
+        flatline = fit_flatline(
+            [s.values for s in dataset.segments], config.window, threshold.value
+        )
+        if flatline is not None:
+            graph = ScoringGraph(
+                result.model, scaler, sensor_weight=weights, modes=modes, flatline=flatline
+            )
+
     out = config.out
     staging = _staging_dir(out)
     try:
         onnx_path = staging / MODEL_FILE
         export_onnx(graph, onnx_path, config.window, len(features))
-        parity = check_parity(onnx_path, graph, val_raw[_spread(len(val_raw), PARITY_WINDOWS)])
+        parity_windows = val_raw[_spread(len(val_raw), PARITY_WINDOWS)]
+        if flatline is not None:
+            parity_windows = np.concatenate([parity_windows, _frozen(parity_windows[:8])])
+        parity = check_parity(onnx_path, graph, parity_windows)
         manifest = _manifest(
             config,
             dataset,
@@ -192,6 +214,7 @@ def train_bundle(config: TrainConfig) -> TrainResult:
             result.model,
             weights,
             modes,
+            flatline,
         )
         write_manifest(staging, manifest)
         report = (
@@ -224,6 +247,7 @@ def _manifest(
     model: torch.nn.Module | None = None,
     sensor_weights: npt.NDArray[np.float64] | None = None,
     modes: ModeThresholds | None = None,
+    flatline: Flatline | None = None,
 ) -> Manifest:
     now = dt.datetime.now(dt.UTC)
     fp = dataset.fingerprint
@@ -247,6 +271,8 @@ def _manifest(
         hyper["sensor_weights"] = [float(w) for w in sensor_weights.astype(np.float32)]
     if modes is not None:
         hyper.update(modes.to_json())
+    if flatline is not None:
+        hyper.update(flatline.to_json(dataset.features))
     if isinstance(model, PCAModel):
         hyper["components_fitted"] = model.fitted_components
         hyper["explained_variance_fitted"] = model.fitted_explained
@@ -285,6 +311,16 @@ def _manifest(
             "numpy": np.__version__,
         },
     )
+
+
+def _frozen(windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Copies of ``windows`` with sensor ``i % n_features`` of window ``i`` stuck at its first
+    reading: the parity check then covers the flatline penalty too."""
+    out = windows.copy()
+    for i in range(len(out)):
+        f = i % out.shape[2]
+        out[i, :, f] = out[i, 0, f]
+    return out
 
 
 def _spread(n: int, k: int) -> npt.NDArray[np.intp]:

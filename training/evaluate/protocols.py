@@ -71,6 +71,8 @@ class ModelOptions:
     sensor_weighting: str = "none"
     #: :attr:`training.pipeline.TrainConfig.modes`.
     modes: int = 0
+    #: :attr:`training.pipeline.TrainConfig.flatline`.
+    flatline: str = "auto"
 
 
 #: Protocol defaults for the ``None`` fields of :class:`ModelOptions`.
@@ -275,6 +277,7 @@ def _train(
         report=False,
         sensor_weighting=model.sensor_weighting,
         modes=model.modes,
+        flatline=model.flatline,
     )
     return train_bundle(config).bundle
 

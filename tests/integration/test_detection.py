@@ -21,8 +21,9 @@ from training.simulator import FAULT_KINDS, PlantConfig, PlantSimulator
 pytestmark = pytest.mark.slow
 
 WINDOW = PLANT_WINDOW
-#: Faults whose physics the model must catch at this size; see the note on the others below.
-CLEAR_FAULTS = ("bearing_wear", "cavitation")
+#: Faults the bundle must catch: by their physics at this model size, and (stuck_sensor) by the
+#: flatline check (training.flatline); see the note on the others below.
+CLEAR_FAULTS = ("bearing_wear", "cavitation", "stuck_sensor")
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +102,12 @@ def test_faults_score_above_threshold_normal_stays_below(
     record_property("detection", report)
 
     assert far <= 0.02, report
-    assert recall >= 0.3, report
+    # 0.38 before the flatline check, 0.56 with it (both stuck-sensor episodes flagged).
+    assert recall >= 0.45, report
     for kind in CLEAR_FAULTS:
         assert all(detected[kind]), f"{kind} episode missed\n{report}"
-    # leak and stuck_sensor stay within the normal envelope for a dense AE of this size
-    # (scores 0.1-0.5x threshold); raising them is the detection-quality issue's work.
+    # leaks, valve steps and slow drifts mostly stay within the normal envelope for a dense AE of
+    # this size (bench/results/detection.md).
 
 
 def test_top_sensors_name_an_affected_sensor(

@@ -423,7 +423,14 @@ class Service(Lifecycle):
             if (since := self._open_since()) is not None:  # wake up in time to commit
                 due_in = since + s.commit_interval_ms / 1000 - time.monotonic()
                 timeout_ms = max(0, min(timeout_ms, math.ceil(due_in * 1000)))
-            batch = await self._fetch(timeout_ms)
+            try:
+                batch = await self._fetch(timeout_ms)
+            except _NotCommittedError as exc:
+                # A batch committed while the loop made ready to wait for records (_fetch
+                # detects what is left in the scoring threads first, and commits on the way).
+                async with self._batch_lock:
+                    await self._rewind(exc)
+                continue
             async with self._batch_lock:
                 if self._reassigning:
                     # Fetched under the old assignment, and a revocation ran while this loop

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from monitor import service as service_module
 from monitor.config import Settings
@@ -85,6 +86,9 @@ class _Producer:
 
     async def send(self, *args: Any, **kwargs: Any) -> None:
         raise AssertionError("nothing is sent: no alerts, no scores topic")
+
+    async def start(self) -> None:
+        pass
 
     async def stop(self) -> None:
         pass
@@ -440,3 +444,63 @@ async def test_a_batch_is_committed_while_the_next_ones_windows_are_scored(
     assert {tp: start for tp, (start, _) in first.items()} == dict.fromkeys(PARTITIONS, 40)
     assert observed[: len(_expected())] == _expected()
     assert len(observed) == 2 * len(_expected()) + 6 * len(PARTITIONS)
+
+
+class _Replaying(_Batches):
+    """``_Batches`` that hands its batches out again after ``seek_to_beginning`` (a rewind)."""
+
+    def __init__(self, service: Service, *batches: Any) -> None:
+        super().__init__(service, *batches)
+        self.all = list(batches)
+        self.sought: list[TopicPartition] = []
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        self.sought.extend(tps)
+        self.batches = list(self.all)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        raise AssertionError("nothing was committed: the rewind reads from the beginning")
+
+
+async def test_a_commit_failing_while_the_loop_waits_for_records_is_rewound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two one-partition batches, a job each, both with the scoring thread when the loop next
+    # asks for records (none are waiting): it detects the first batch's job and commits that
+    # batch there, before waiting. That transaction fails (a broker outage): the loop must
+    # rewind to the last commit and go on, as for a failure anywhere else, not die.
+    monkeypatch.setattr(service_module, "OVERLAP_WINDOWS", 1)
+    service, _, producer, observed = _service(tmp_path, commit_interval_ms=0)
+    first = {PARTITIONS[0]: _batch()[PARTITIONS[0]]}
+    second = {PARTITIONS[0]: _batch_later(STEPS)[PARTITIONS[0]]}
+    consumer = _Replaying(service, first, second, None)
+    service._consumer = consumer  # type: ignore[assignment]
+    send_offsets = producer.send_offsets_to_transaction
+    calls: list[int] = []
+
+    async def fail_once(offsets: dict[TopicPartition, tuple[int, str]], group_id: str) -> None:
+        calls.append(len(service._unfinished))
+        if len(calls) == 1:
+            raise KafkaConnectionError("broker gone")
+        await send_offsets(offsets, group_id)
+
+    producer.send_offsets_to_transaction = fail_once  # type: ignore[method-assign]
+    service._new_producer = lambda: producer  # type: ignore[method-assign]
+    try:
+        await service.run()
+    finally:
+        await service.stop()
+    # The failed commit was the first batch's, made while the second was still unfinished.
+    assert calls[0] == 1
+    assert service.metrics.batch_rewinds._value.get() == 1
+    assert sorted(consumer.sought) == PARTITIONS  # every assigned partition, from its start
+    # Before the failure the first batch's windows were detected; the second's job was left
+    # with the scoring thread and dropped. Read again from the beginning: both batches' windows
+    # (the first batch's the same again), then committed through the second batch (what its
+    # windows need from offset 10 * (2 * STEPS - LENGTH + 1) on).
+    first_batch = 2 * (STEPS - LENGTH + 1)
+    assert len(observed) == first_batch + 2 * (2 * STEPS - LENGTH + 1)
+    assert observed[:first_batch] == observed[first_batch : 2 * first_batch]
+    assert producer.offsets[-1] == {
+        PARTITIONS[0]: (10 * (2 * STEPS - LENGTH + 1), producer.offsets[-1][PARTITIONS[0]][1])
+    }

@@ -158,7 +158,6 @@ def train_bundle(config: TrainConfig) -> TrainResult:
     weights = None
     if config.sensor_weighting == "balanced":
         weights = balanced_weights(val_errors)
-        graph = ScoringGraph(result.model, scaler, sensor_weight=weights)
         # What the weighted graph computes (sensor_error × weight, mean over sensors), from the
         # errors already at hand instead of scoring the validation windows again.
         val_scores = (val_errors * weights.astype(np.float32)).mean(axis=1)
@@ -176,7 +175,7 @@ def train_bundle(config: TrainConfig) -> TrainResult:
             )
         except ValueError as exc:
             raise DataError(f"{config.data}: cannot calibrate per-mode thresholds: {exc}") from None
-        graph = ScoringGraph(result.model, scaler, sensor_weight=weights, modes=modes)
+        # What the graph with modes computes: each window's score times its mode's scale.
         val_scores = (val_scores * modes.scale_of(val_points)).astype(np.float32)
     try:
         threshold = config.threshold.calibrate(val_scores)
@@ -189,10 +188,11 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         flatline = fit_flatline(
             [s.values for s in dataset.segments], config.window, threshold.value
         )
-        if flatline is not None:
-            graph = ScoringGraph(
-                result.model, scaler, sensor_weight=weights, modes=modes, flatline=flatline
-            )
+    # The exported graph: the plain one above scored the validation windows, and the scores
+    # calibrated on were derived from its outputs as this one computes them.
+    graph = ScoringGraph(
+        result.model, scaler, sensor_weight=weights, modes=modes, flatline=flatline
+    )
 
     out = config.out
     staging = _staging_dir(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,20 @@ import pytest
 
 from tests.plant import PLANT, PLANT_WINDOW
 
+if TYPE_CHECKING:
+    from training.export import ScoringGraph
+
 SENSORS = ("a", "b", "c")
+
+
+def assert_onnx_matches_torch(graph: ScoringGraph, windows: np.ndarray, directory: Path) -> None:
+    """Export a scoring graph to ONNX in ``directory``; ONNX Runtime must agree with torch on
+    ``windows`` (everything a graph computes travels in the exported file)."""
+    from training.export import check_parity, export_onnx
+
+    path = directory / "graph.onnx"
+    export_onnx(graph, path, windows.shape[1], windows.shape[2])
+    assert check_parity(path, graph, windows) < 1e-4
 
 
 def sine_frame(rows: int, seed: int = 0, start: str = "2026-01-01") -> pd.DataFrame:

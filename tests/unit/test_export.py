@@ -14,6 +14,7 @@ import torch
 from monitor.bundle import load_bundle
 from monitor.errors import BundleError, ConfigError
 from monitor.scoring import Scorer
+from tests.conftest import assert_onnx_matches_torch
 from training.export import (
     ScoringGraph,
     balanced_weights,
@@ -148,9 +149,7 @@ def test_a_weighted_graph_scores_each_sensor_in_its_own_units(
     np.testing.assert_allclose(err, plain * weights, rtol=1e-5)
     np.testing.assert_allclose(score, (plain * weights).mean(axis=1), rtol=1e-5)
     # The weights travel in the ONNX graph.
-    path = tmp_path / "w.onnx"
-    export_onnx(weighted, path, 32, 4)
-    assert check_parity(path, weighted, raw) < 1e-4
+    assert_onnx_matches_torch(weighted, raw, tmp_path)
 
 
 def test_a_balanced_bundle_records_its_weights(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import torch
 from monitor.bundle import describe
 from monitor.errors import ConfigError
 from monitor.scoring import Scorer
-from training.export import ScoringGraph, check_parity, export_onnx, score_windows
+from tests.conftest import assert_onnx_matches_torch
+from training.export import ScoringGraph, score_windows
 from training.flatline import FLAT_SCORE, Flatline, fit_flatline, longest_constant_runs
 from training.models import build_model
 from training.windows import StandardScaler
@@ -55,9 +56,7 @@ def test_the_graph_adds_the_penalty_to_flat_checked_sensors_only(tmp_path: Path)
     want[3, :2] += 6.0
     np.testing.assert_allclose(error, want, rtol=1e-5)
     np.testing.assert_allclose(score, want.mean(axis=1), rtol=1e-5)
-    path = tmp_path / "flat.onnx"
-    export_onnx(graph, path, 8, 3)
-    assert check_parity(path, graph, windows) < 1e-4
+    assert_onnx_matches_torch(graph, windows, tmp_path)
 
 
 def test_a_stuck_sensor_alerts_and_is_named(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ import torch
 from monitor.bundle import describe
 from monitor.errors import ConfigError
 from monitor.scoring import Scorer
+from tests.conftest import assert_onnx_matches_torch
 from training.calibrate import QuantileRule
-from training.export import ScoringGraph, check_parity, export_onnx, score_windows
+from training.export import ScoringGraph, score_windows
 from training.models import build_model
 from training.modes import MIN_MODE_WINDOWS, ModeThresholds, assign, fit_modes, kmeans
 from training.windows import StandardScaler
@@ -88,9 +89,7 @@ def test_the_graph_scales_each_window_by_its_modes_factor(tmp_path: Path) -> Non
     factor = np.r_[np.full(20, 2.0), np.full(20, 0.25)]
     np.testing.assert_allclose(score, want_score * factor, rtol=1e-5)
     np.testing.assert_allclose(error, want_error * factor[:, None], rtol=1e-5)
-    path = tmp_path / "modes.onnx"
-    export_onnx(graph, path, 8, 3)
-    assert check_parity(path, graph, windows) < 1e-4
+    assert_onnx_matches_torch(graph, windows, tmp_path)
 
 
 def _two_units(rows: int, seed: int) -> pd.DataFrame:

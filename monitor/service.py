@@ -423,14 +423,7 @@ class Service(Lifecycle):
             if (since := self._open_since()) is not None:  # wake up in time to commit
                 due_in = since + s.commit_interval_ms / 1000 - time.monotonic()
                 timeout_ms = max(0, min(timeout_ms, math.ceil(due_in * 1000)))
-            try:
-                batch = await self._fetch(timeout_ms)
-            except _NotCommittedError as exc:
-                # A batch committed while the loop made ready to wait for records (_fetch
-                # detects what is left in the scoring threads first, and commits on the way).
-                async with self._batch_lock:
-                    await self._rewind(exc)
-                continue
+            batch = await self._fetch(timeout_ms)
             async with self._batch_lock:
                 if self._reassigning:
                     # Fetched under the old assignment, and a revocation ran while this loop
@@ -480,8 +473,13 @@ class Service(Lifecycle):
                 return batch
             async with self._batch_lock:
                 # Batches before the last are committed on the way if due (see
-                # _batch_detected); the last one is left to the run loop.
-                await self._detect_scored(commit=True)
+                # _batch_detected); the last one is left to the run loop. A failed commit
+                # rewinds here, under the same lock, as it does in the run loop.
+                try:
+                    await self._detect_scored(commit=True)
+                except _NotCommittedError as exc:
+                    await self._rewind(exc)
+                    return {}
         batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return batch
 

@@ -276,7 +276,7 @@ def describe(bundle: Bundle) -> str:
     quantiles = ", ".join(f"q{k}={val:.4g}" for k, val in v.quantiles.items())
     params = ", ".join(f"{k}={val:g}" for k, val in m.threshold.params.items())
     hp = m.model.hyperparameters
-    # Per-mode thresholds (training.modes) get a line of their own; centroids are not listed.
+    # Per-mode thresholds and the flatline check get lines of their own (no centroid lists).
     hyper = ", ".join(
         f"{k}={val}" for k, val in hp.items() if not k.startswith(("mode", "flatline"))
     )
@@ -295,7 +295,7 @@ def describe(bundle: Bundle) -> str:
         f"interval={m.sampling_interval_s:g}s",
         f"threshold   {m.threshold.value:.6g} (rule {m.threshold.rule}: {params})",
         *_modes_line(hp),
-        *_flatline_line(hp),
+        *_flatline_line(hp, m.n_features * m.threshold.value),
         f"validation  {v.n_windows} windows: mean={v.mean:.4g} std={v.std:.4g} "
         f"max={v.max:.4g}; {quantiles}; above threshold {v.above_threshold:.2%}",
         f"data        {data.rows} rows, {data.start} .. {data.end}, sha256={data.sha256[:16]}…",
@@ -315,19 +315,23 @@ def _modes_line(hyper: dict[str, Any]) -> list[str]:
     if "mode_scale" not in hyper:
         return []
     scale = ", ".join(f"{v:.3g}" for v in hyper["mode_scale"])
-    counts = ", ".join(str(n) for n in hyper.get("mode_validation_windows", ()))
+    counts = ", ".join(str(n) for n in hyper["mode_validation_windows"])
     return [
-        f"modes       {hyper.get('modes', len(hyper['mode_scale']))}: score × {scale} "
-        f"(validation windows {counts})"
+        f"modes       {len(hyper['mode_scale'])}: score × {scale} (validation windows {counts})"
     ]
 
 
-def _flatline_line(hyper: dict[str, Any]) -> list[str]:
-    """The sensors whose exactly constant windows score as anomalous (training.flatline)."""
+def _flatline_line(hyper: dict[str, Any], threshold_sum: float) -> list[str]:
+    """The sensors whose exactly constant windows score as anomalous (training.flatline): at
+    least ``flatline_penalty / (n_features × threshold)`` times the threshold (``threshold_sum``
+    is the denominator)."""
     if "flatline_sensors" not in hyper:
         return []
+    times = hyper["flatline_penalty"] / threshold_sum
     names = ", ".join(hyper["flatline_sensors"])
-    return [f"flatline    a window of identical readings scores ≥ 2 × threshold for: {names}"]
+    return [
+        f"flatline    a window of identical readings scores ≥ {times:.2g} × threshold for: {names}"
+    ]
 
 
 def signature_line(bundle: Bundle) -> str:

@@ -152,7 +152,8 @@ def train_bundle(config: TrainConfig) -> TrainResult:
     # seeds randomly per process, so seeding only inside fit() left --seed without effect on them.
     seed_everything(config.fit.seed)
     model = build_model(config.family, config.window, len(features), **config.hyperparameters)
-    result = fit(model, scaler.transform(train_raw), scaler.transform(val_raw), config.fit)
+    train_z, val_z = scaler.transform(train_raw), scaler.transform(val_raw)
+    result = fit(model, train_z, val_z, config.fit)
     graph = ScoringGraph(result.model, scaler)
     val_scores, val_errors = score_windows(graph, val_raw)
     weights = None
@@ -163,10 +164,10 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         val_scores = (val_errors * weights.astype(np.float32)).mean(axis=1)
     modes = None
     if config.modes > 1:
-        val_points = operating_points(scaler.transform(val_raw))
+        val_points = operating_points(val_z)
         try:
             modes = fit_modes(
-                operating_points(scaler.transform(train_raw)),
+                operating_points(train_z),
                 val_points,
                 val_scores,
                 config.modes,

@@ -186,6 +186,7 @@ def _model(args: argparse.Namespace, family: str, seed: int, window: int | None)
         sensor_weighting=args.sensor_weighting,
         modes=args.modes,
         flatline=args.flatline,
+        bias_factor=args.bias_factor,
     )
 
 
@@ -452,6 +453,7 @@ def main() -> int:
         "--modes", type=int, default=0, help="operating modes with a threshold each (tag: m3)"
     )
     r.add_argument("--flatline", default="auto", choices=FLATLINE_MODES, help="(tag off: nofl)")
+    r.add_argument("--bias-factor", type=float, default=0.0, help="(tag: bias1.5)")
     r.add_argument("--threshold-rule", default="quantile", choices=RULES)
     r.add_argument("--threshold-quantile", type=float, default=0.99)
     r.add_argument("--threshold-factor", type=float, default=1.5)

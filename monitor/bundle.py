@@ -276,9 +276,9 @@ def describe(bundle: Bundle) -> str:
     quantiles = ", ".join(f"q{k}={val:.4g}" for k, val in v.quantiles.items())
     params = ", ".join(f"{k}={val:g}" for k, val in m.threshold.params.items())
     hp = m.model.hyperparameters
-    # Per-mode thresholds and the flatline check get lines of their own (no centroid lists).
+    # Per-mode thresholds and the flatline and bias checks get lines of their own.
     hyper = ", ".join(
-        f"{k}={val}" for k, val in hp.items() if not k.startswith(("mode", "flatline"))
+        f"{k}={val}" for k, val in hp.items() if not k.startswith(("mode", "flatline", "bias"))
     )
     scaler = "\n".join(
         f"    {name:<24} mean={mu:<12.5g} scale={sd:.5g}"
@@ -296,6 +296,7 @@ def describe(bundle: Bundle) -> str:
         f"threshold   {m.threshold.value:.6g} (rule {m.threshold.rule}: {params})",
         *_modes_line(hp),
         *_flatline_line(hp, m.n_features * m.threshold.value),
+        *_bias_line(hp),
         f"validation  {v.n_windows} windows: mean={v.mean:.4g} std={v.std:.4g} "
         f"max={v.max:.4g}; {quantiles}; above threshold {v.above_threshold:.2%}",
         f"data        {data.rows} rows, {data.start} .. {data.end}, sha256={data.sha256[:16]}…",
@@ -331,6 +332,19 @@ def _flatline_line(hyper: dict[str, Any], threshold_sum: float) -> list[str]:
     names = ", ".join(hyper["flatline_sensors"])
     return [
         f"flatline    a window of identical readings scores ≥ {times:.2g} × threshold for: {names}"
+    ]
+
+
+def _bias_line(hyper: dict[str, Any]) -> list[str]:
+    """The per-sensor limits on a window's mean signed residual (training.bias), in
+    standard deviations of the sensor: beyond its limit, a sensor puts the window's score above
+    the threshold."""
+    if "bias_limits" not in hyper:
+        return []
+    limits = ", ".join(f"{name}={v:.3g}" for name, v in hyper["bias_limits"].items())
+    return [
+        f"bias        mean residual beyond {hyper['bias_factor']:g} × the validation maximum "
+        f"scores above threshold; limits (std): {limits}"
     ]
 
 

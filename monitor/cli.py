@@ -239,8 +239,8 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _add_sensor_weighting(p: argparse.ArgumentParser) -> None:
-    """``--sensor-weighting``, ``--modes`` and ``--flatline``, shared by ``train`` and
-    ``evaluate``."""
+    """``--sensor-weighting``, ``--modes``, ``--flatline`` and ``--bias-factor``, shared by
+    ``train`` and ``evaluate``."""
     p.add_argument(
         "--sensor-weighting",
         default="none",
@@ -261,6 +261,14 @@ def _add_sensor_weighting(p: argparse.ArgumentParser) -> None:
         choices=("auto", "off"),
         help="auto (default): a window in which a sensor that always varies in the normal data "
         "is exactly constant (stuck) scores at least twice the threshold; off: no such check",
+    )
+    p.add_argument(
+        "--bias-factor",
+        type=float,
+        default=0.0,
+        help="above 0: a window in which a sensor's mean signed reconstruction residual exceeds "
+        "this multiple of its largest on normal validation windows scores above the threshold "
+        "(offsets, leaks, drifts); 0 (default): no such check",
     )
 
 
@@ -318,6 +326,7 @@ def _run_train(args: argparse.Namespace) -> int:
         sensor_weighting=args.sensor_weighting,
         modes=args.modes,
         flatline=args.flatline,
+        bias_factor=args.bias_factor,
     )
     result = train_bundle(config)
     m = result.bundle.manifest
@@ -685,6 +694,7 @@ def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
             sensor_weighting=args.sensor_weighting,
             modes=args.modes,
             flatline=args.flatline,
+            bias_factor=args.bias_factor,
         ),
         alerts=alerts,
         generic=GenericOptions(

@@ -16,8 +16,9 @@ from torch import nn
 
 from monitor.bundle import INPUT_NAME, OUTPUT_SCORE, OUTPUT_SENSOR_ERROR
 from monitor.errors import BundleError
+from training.bias import BiasCheck
 from training.flatline import Flatline
-from training.models import pointwise_error
+from training.models import PointwiseError, pointwise_error
 from training.modes import ModeThresholds
 from training.windows import StandardScaler
 
@@ -34,9 +35,10 @@ class ScoringGraph(nn.Module):
     baseline, the mean of that error), times the sensor's weight when ``sensor_weight`` is given
     (see :func:`balanced_weights`), times the window's operating-mode scale when ``modes`` is
     given (see :mod:`training.modes`), plus the flatline penalty when a sensor checked by
-    ``flatline`` has identical readings throughout the window (see :mod:`training.flatline`);
-    ``score[b]`` is its mean over sensors, so each sensor's share of the score is
-    ``sensor_error / (n_features * score)``, for every family.
+    ``flatline`` has identical readings throughout the window (see :mod:`training.flatline`),
+    plus the bias penalty when the window's mean signed residual of a sensor exceeds its limit
+    in ``bias`` (see :mod:`training.bias`); ``score[b]`` is its mean over sensors, so each
+    sensor's share of the score is ``sensor_error / (n_features * score)``, for every family.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class ScoringGraph(nn.Module):
         sensor_weight: npt.NDArray[np.floating] | None = None,
         modes: ModeThresholds | None = None,
         flatline: Flatline | None = None,
+        bias: BiasCheck | None = None,
     ) -> None:
         super().__init__()
         self.autoencoder = autoencoder
@@ -78,10 +81,22 @@ class ScoringGraph(nn.Module):
             if flatline is None
             else torch.tensor(flatline.checked * flatline.penalty, dtype=torch.float32),
         )
+        self.inv_bias_limit: torch.Tensor | None
+        self.register_buffer(
+            "inv_bias_limit",
+            None if bias is None else torch.tensor(1.0 / bias.limit, dtype=torch.float32),
+        )
+        self.bias_unit = 0.0 if bias is None else float(bias.unit)
 
     def forward(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = (window - self.mean) * self.inv_scale
-        error = pointwise_error(self.autoencoder, z)
+        residual = None
+        if self.inv_bias_limit is None or isinstance(self.autoencoder, PointwiseError):
+            error = pointwise_error(self.autoencoder, z)
+        else:
+            # One reconstruction for both the error and the bias.
+            residual = z - self.autoencoder(z)
+            error = residual.square()
         sensor_error = error.mean(dim=1)
         if self.sensor_weight is not None:
             sensor_error = sensor_error * self.sensor_weight
@@ -93,6 +108,12 @@ class ScoringGraph(nn.Module):
         if self.flat_penalty is not None:
             flat = window.amax(dim=1) == window.amin(dim=1)
             sensor_error = sensor_error + flat.to(sensor_error.dtype) * self.flat_penalty
+        if self.inv_bias_limit is not None:
+            if residual is None:
+                residual = z - self.autoencoder(z)
+            ratio = residual.mean(dim=1).abs() * self.inv_bias_limit
+            over = (ratio > 1.0).to(ratio.dtype)
+            sensor_error = sensor_error + over * ratio.square() * self.bias_unit
         return sensor_error.mean(dim=1), sensor_error
 
 

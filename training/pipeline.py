@@ -33,6 +33,7 @@ from monitor.bundle import (
     write_manifest,
 )
 from monitor.errors import ConfigError, DataError
+from training.bias import BiasCheck, fit_bias, window_bias
 from training.calibrate import SENSOR_WEIGHTINGS, QuantileRule, ThresholdRule, summarize
 from training.data import Dataset, load_training_data
 from training.export import (
@@ -92,6 +93,10 @@ class TrainConfig:
     #: ``"auto"``: a window in which a sensor that always varies in normal data is exactly
     #: constant scores at least twice the threshold (:mod:`training.flatline`); ``"off"``.
     flatline: str = "auto"
+    #: Above 0: a window whose mean signed residual of a sensor exceeds this multiple of the
+    #: largest one on the validation windows scores above the threshold (:mod:`training.bias`);
+    #: 0: no such check.
+    bias_factor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,8 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         raise ConfigError(
             f"--flatline must be one of {', '.join(FLATLINE_MODES)}, got {config.flatline!r}"
         )
+    if not config.bias_factor >= 0:
+        raise ConfigError(f"--bias-factor must be 0 (off) or more, got {config.bias_factor}")
     if config.modes < 0:
         raise ConfigError(f"--modes must be 0 (one threshold) or more, got {config.modes}")
     if config.sensor_weighting not in SENSOR_WEIGHTINGS:
@@ -189,10 +196,13 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         flatline = fit_flatline(
             [s.values for s in dataset.segments], config.window, threshold.value
         )
+    bias = None
+    if config.bias_factor > 0:
+        bias = fit_bias(window_bias(result.model, val_z), config.bias_factor, threshold.value)
     # The exported graph: the plain one above scored the validation windows, and the scores
     # calibrated on were derived from its outputs as this one computes them.
     graph = ScoringGraph(
-        result.model, scaler, sensor_weight=weights, modes=modes, flatline=flatline
+        result.model, scaler, sensor_weight=weights, modes=modes, flatline=flatline, bias=bias
     )
 
     out = config.out
@@ -203,6 +213,10 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         parity_windows = val_raw[_spread(len(val_raw), PARITY_WINDOWS)]
         if flatline is not None:
             parity_windows = np.concatenate([parity_windows, _frozen(parity_windows[:8])])
+        if bias is not None:
+            parity_windows = np.concatenate(
+                [parity_windows, _offset(parity_windows[:8], bias.limit * scaler.scale)]
+            )
         parity = check_parity(onnx_path, graph, parity_windows)
         manifest = _manifest(
             config,
@@ -216,6 +230,7 @@ def train_bundle(config: TrainConfig) -> TrainResult:
             weights,
             modes,
             flatline,
+            bias,
         )
         write_manifest(staging, manifest)
         report = (
@@ -249,6 +264,7 @@ def _manifest(
     sensor_weights: npt.NDArray[np.float64] | None = None,
     modes: ModeThresholds | None = None,
     flatline: Flatline | None = None,
+    bias: BiasCheck | None = None,
 ) -> Manifest:
     now = dt.datetime.now(dt.UTC)
     fp = dataset.fingerprint
@@ -274,6 +290,8 @@ def _manifest(
         hyper.update(modes.to_json())
     if flatline is not None:
         hyper.update(flatline.to_json(dataset.features))
+    if bias is not None:
+        hyper.update(bias.to_json(dataset.features))
     if isinstance(model, PCAModel):
         hyper["components_fitted"] = model.fitted_components
         hyper["explained_variance_fitted"] = model.fitted_explained
@@ -321,6 +339,18 @@ def _frozen(windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     for i in range(len(out)):
         f = i % out.shape[2]
         out[i, :, f] = out[i, 0, f]
+    return out
+
+
+def _offset(
+    windows: npt.NDArray[np.float32], limit: npt.NDArray[np.floating]
+) -> npt.NDArray[np.float32]:
+    """Copies of ``windows`` with sensor ``i % n_features`` of window ``i`` shifted by 4 ×
+    its bias limit ``limit`` (raw units): the parity check then covers the bias penalty too."""
+    out = windows.copy()
+    for i in range(len(out)):
+        f = i % out.shape[2]
+        out[i, :, f] += np.float32(4.0 * limit[f])
     return out
 
 

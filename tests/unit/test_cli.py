@@ -90,7 +90,7 @@ def test_hyper_values_are_typed() -> None:
         _parse_hyper(["oops"])
 
 
-def test_train_pca_baseline_with_pot_threshold(
+def test_train_pca_baseline_with_pot_threshold_and_bias_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tests.conftest import sine_frame
@@ -113,6 +113,8 @@ def test_train_pca_baseline_with_pot_threshold(
             "pot",
             "--hyper",
             "n_components=2",
+            "--bias-factor",
+            "2",
             "--no-progress",
         ]
     )
@@ -121,6 +123,7 @@ def test_train_pca_baseline_with_pot_threshold(
     text = capsys.readouterr().out
     assert '"family": "pca"' in text
     assert '"rule": "pot"' in text
+    assert '"bias_factor": 2.0' in text
 
 
 def test_threshold_calibration_failure_is_one_line(

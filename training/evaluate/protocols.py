@@ -73,6 +73,8 @@ class ModelOptions:
     modes: int = 0
     #: :attr:`training.pipeline.TrainConfig.flatline`.
     flatline: str = "auto"
+    #: :attr:`training.pipeline.TrainConfig.bias_factor`.
+    bias_factor: float = 0.0
 
 
 #: Protocol defaults for the ``None`` fields of :class:`ModelOptions`.
@@ -278,6 +280,7 @@ def _train(
         sensor_weighting=model.sensor_weighting,
         modes=model.modes,
         flatline=model.flatline,
+        bias_factor=model.bias_factor,
     )
     return train_bundle(config).bundle
 

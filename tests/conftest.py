@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -12,6 +12,7 @@ import pytest
 from tests.plant import PLANT, PLANT_WINDOW
 
 if TYPE_CHECKING:
+    from monitor.scoring import Scorer
     from training.export import ScoringGraph
 
 SENSORS = ("a", "b", "c")
@@ -25,6 +26,33 @@ def assert_onnx_matches_torch(graph: ScoringGraph, windows: np.ndarray, director
     path = directory / "graph.onnx"
     export_onnx(graph, path, windows.shape[1], windows.shape[2])
     assert check_parity(path, graph, windows) < 1e-4
+
+
+def small_scorer(data: Path, out: Path, epochs: int, **options: Any) -> Scorer:
+    """A small dense bundle (window 16, stride 2) trained on ``data`` into ``out``, loaded for
+    CPU scoring; ``options`` go to ``TrainConfig`` (the check a test compares on and off)."""
+    from monitor.scoring import Scorer
+    from training.fit import FitConfig
+    from training.pipeline import TrainConfig, train_bundle
+
+    config = TrainConfig(
+        data=data,
+        out=out,
+        window=16,
+        stride=2,
+        hyperparameters={"hidden": (32, 8)},
+        fit=FitConfig(epochs=epochs, progress=False),
+        report=False,
+        **options,
+    )
+    return Scorer(train_bundle(config).bundle, device="cpu")
+
+
+def sliding(values: np.ndarray, length: int) -> np.ndarray:
+    """Every window of ``length`` consecutive rows of ``values`` (rows × sensors), contiguous."""
+    return np.ascontiguousarray(
+        np.lib.stride_tricks.sliding_window_view(values, length, axis=0).transpose(0, 2, 1)
+    )
 
 
 def sine_frame(rows: int, seed: int = 0, start: str = "2026-01-01") -> pd.DataFrame:

@@ -10,8 +10,7 @@ import torch
 
 from monitor.bundle import describe
 from monitor.errors import ConfigError
-from monitor.scoring import Scorer
-from tests.conftest import assert_onnx_matches_torch, sine_frame
+from tests.conftest import assert_onnx_matches_torch, sine_frame, sliding, small_scorer
 from training.bias import MIN_LIMIT, BiasCheck, fit_bias, window_bias
 from training.export import ScoringGraph, score_windows
 from training.models import build_model
@@ -61,35 +60,18 @@ def test_the_graph_adds_the_squared_ratio_beyond_the_limit(family: str, tmp_path
 
 
 def test_an_offset_sensor_alerts_and_is_named(tmp_path: Path) -> None:
-    from training.fit import FitConfig
     from training.pipeline import TrainConfig, train_bundle
 
     data = tmp_path / "normal.csv"
     sine_frame(3000).to_csv(data, index=False)
-
-    def bundle(factor: float) -> Scorer:
-        config = TrainConfig(
-            data=data,
-            out=tmp_path / f"b{factor}",
-            window=16,
-            stride=2,
-            hyperparameters={"hidden": (32, 8)},
-            fit=FitConfig(epochs=40, progress=False),
-            report=False,
-            bias_factor=factor,
-        )
-        return Scorer(train_bundle(config).bundle, device="cpu")
-
-    checked, unchecked = bundle(1.5), bundle(0.0)
+    checked = small_scorer(data, tmp_path / "checked", epochs=40, bias_factor=1.5)
+    unchecked = small_scorer(data, tmp_path / "unchecked", epochs=40, bias_factor=0.0)
     m = checked.bundle.manifest
     assert set(m.model.hyperparameters["bias_limits"]) == {"a", "b", "c"}
     assert m.model.hyperparameters["bias_factor"] == 1.5
     assert "bias_limits" not in unchecked.bundle.manifest.model.hyperparameters
     assert "bias        mean residual beyond 1.5 ×" in describe(checked.bundle)
-    values = sine_frame(400, seed=3)[list(m.features)].to_numpy(np.float32)
-    windows = np.ascontiguousarray(
-        np.lib.stride_tricks.sliding_window_view(values, 16, axis=0).transpose(0, 2, 1)
-    )
+    windows = sliding(sine_frame(400, seed=3)[list(m.features)].to_numpy(np.float32), 16)
     # Normal windows: the check adds nothing to almost all of them.
     normal = checked.score(windows)
     same = np.isclose(normal.score, unchecked.score(windows).score, rtol=1e-5)

@@ -10,8 +10,7 @@ import torch
 
 from monitor.bundle import describe
 from monitor.errors import ConfigError
-from monitor.scoring import Scorer
-from tests.conftest import assert_onnx_matches_torch
+from tests.conftest import assert_onnx_matches_torch, sine_frame, sliding, small_scorer
 from training.export import ScoringGraph, score_windows
 from training.flatline import FLAT_SCORE, Flatline, fit_flatline, longest_constant_runs
 from training.models import build_model
@@ -60,8 +59,6 @@ def test_the_graph_adds_the_penalty_to_flat_checked_sensors_only(tmp_path: Path)
 
 
 def test_a_stuck_sensor_alerts_and_is_named(tmp_path: Path) -> None:
-    from tests.conftest import sine_frame
-    from training.fit import FitConfig
     from training.pipeline import TrainConfig, train_bundle
 
     data = tmp_path / "normal.csv"
@@ -70,30 +67,15 @@ def test_a_stuck_sensor_alerts_and_is_named(tmp_path: Path) -> None:
     frame["setpoint"] = np.where(np.arange(len(frame)) < 1500, 50.0, 55.0)
     frame.to_csv(data, index=False)
 
-    def bundle(flatline: str) -> Scorer:
-        config = TrainConfig(
-            data=data,
-            out=tmp_path / flatline,
-            window=16,
-            stride=2,
-            hyperparameters={"hidden": (32, 8)},
-            fit=FitConfig(epochs=10, progress=False),
-            report=False,
-            flatline=flatline,
-        )
-        return Scorer(train_bundle(config).bundle, device="cpu")
-
-    checked, unchecked = bundle("auto"), bundle("off")
+    checked = small_scorer(data, tmp_path / "auto", epochs=10, flatline="auto")
+    unchecked = small_scorer(data, tmp_path / "off", epochs=10, flatline="off")
     m = checked.bundle.manifest
     assert m.model.hyperparameters["flatline_sensors"] == ["a", "b", "c"]
     assert "flatline_sensors" not in unchecked.bundle.manifest.model.hyperparameters
     assert "flatline    a window of identical readings" in describe(checked.bundle)
     fresh = sine_frame(400, seed=3)
     fresh["setpoint"] = 50.0
-    values = fresh[list(m.features)].to_numpy(np.float32)
-    windows = np.ascontiguousarray(
-        np.lib.stride_tricks.sliding_window_view(values, 16, axis=0).transpose(0, 2, 1)
-    )
+    windows = sliding(fresh[list(m.features)].to_numpy(np.float32), 16)
     # Normal windows (the setpoint is constant in all of them): both bundles agree.
     normal = checked.score(windows)
     np.testing.assert_allclose(normal.score, unchecked.score(windows).score, rtol=1e-5)

@@ -94,21 +94,39 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def plant_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dense AE trained on 12 h (day 1, 00:00-12:00) of the simulated plant's normal data."""
-    from training.fit import FitConfig
-    from training.pipeline import TrainConfig, train_bundle
+def plant_normal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 h (day 1, 00:00-12:00) of the simulated plant's normal data."""
     from training.simulator import PlantConfig, write
 
-    root = tmp_path_factory.mktemp("plant")
-    normal = PlantConfig(**PLANT, duration_s=12 * 3600, n_faults=0, seed=11)
-    write(normal, root / "normal.parquet")
+    path = tmp_path_factory.mktemp("plant") / "normal.parquet"
+    write(PlantConfig(**PLANT, duration_s=12 * 3600, n_faults=0, seed=11), path)
+    return path
+
+
+def _train_plant(data: Path, out: Path, **options: Any) -> Path:
+    from training.fit import FitConfig
+    from training.pipeline import TrainConfig, train_bundle
+
     config = TrainConfig(
-        data=root / "normal.parquet",
-        out=root / "bundle",
+        data=data,
+        out=out,
         family="dense",
         window=PLANT_WINDOW,
         fit=FitConfig(epochs=30, progress=False),
         name="plant",
+        **options,
     )
     return train_bundle(config).bundle.path
+
+
+@pytest.fixture(scope="session")
+def plant_bundle(plant_normal: Path) -> Path:
+    """A dense AE trained on ``plant_normal`` with the defaults."""
+    return _train_plant(plant_normal, plant_normal.parent / "bundle")
+
+
+@pytest.fixture(scope="session")
+def plant_bundle_bias(plant_normal: Path) -> Path:
+    """The same model (same seed) with the residual bias check at ``--bias-factor 1.25``
+    (training.bias), the factor chosen in bench/results/detection.md (session 13)."""
+    return _train_plant(plant_normal, plant_normal.parent / "bundle-bias", bias_factor=1.25)

@@ -266,7 +266,7 @@ def _add_sensor_weighting(p: argparse.ArgumentParser) -> None:
         "--bias-factor",
         type=float,
         default=0.0,
-        help="above 0: a window in which a sensor's mean signed reconstruction residual exceeds "
+        help="above 1: a window in which a sensor's mean signed reconstruction residual exceeds "
         "this multiple of its largest on normal validation windows scores above the threshold "
         "(offsets, leaks, drifts); 0 (default): no such check",
     )

@@ -8,12 +8,13 @@ in it. The *signed* residual averaged over the window cancels that noise, while 
 ``residual = z − reconstruction`` (normalised units), its mean over the window per sensor is the
 window's bias.
 
-With ``TrainConfig.bias_factor = F > 0``, ``plantwatch train`` sets each sensor's limit to
+With ``TrainConfig.bias_factor = F > 1``, ``plantwatch train`` sets each sensor's limit to
 ``F`` × the largest absolute bias of that sensor over the normal validation windows (at least
-:data:`MIN_LIMIT`), and the graph adds ``(bias / limit)²`` × ``n_features`` × threshold to the
-error of each sensor whose bias exceeds its limit: one such sensor alone puts the window's score
-above the threshold, by the square of how far it is over its limit, and attribution names it.
-The manifest records the limits; nothing in the service changes. Measured in
+:data:`MIN_LIMIT`; F above 1 keeps every validation window, on which the threshold was
+calibrated, clear of the penalty), and the graph adds ``(bias / limit)²`` × ``n_features`` ×
+threshold to the error of each sensor whose bias exceeds its limit: one such sensor alone puts
+the window's score above the threshold, by the square of how far it is over its limit, and
+attribution names it. The manifest records the limits; nothing in the service changes. Measured in
 ``bench/results/detection.md`` (session 13).
 """
 
@@ -71,7 +72,9 @@ def fit_bias(bias: npt.NDArray[np.floating], factor: float, threshold: float) ->
     b = np.abs(np.asarray(bias, np.float64))
     if b.ndim != 2 or not len(b) or not np.all(np.isfinite(b)):
         raise ValueError("need finite validation biases, windows × sensors")
-    if factor <= 0:
-        raise ValueError(f"the bias factor must be positive, got {factor}")
+    if not factor > 1:
+        # At most 1, some validation windows would be penalised, and the threshold calibrated on
+        # their unpenalised scores would no longer describe the graph's.
+        raise ValueError(f"the bias factor must be above 1, got {factor}")
     limit = np.maximum(factor * b.max(axis=0), MIN_LIMIT)
     return BiasCheck(limit=limit, factor=float(factor), unit=b.shape[1] * float(threshold))

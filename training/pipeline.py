@@ -93,7 +93,7 @@ class TrainConfig:
     #: ``"auto"``: a window in which a sensor that always varies in normal data is exactly
     #: constant scores at least twice the threshold (:mod:`training.flatline`); ``"off"``.
     flatline: str = "auto"
-    #: Above 0: a window whose mean signed residual of a sensor exceeds this multiple of the
+    #: Above 1: a window whose mean signed residual of a sensor exceeds this multiple of the
     #: largest one on the validation windows scores above the threshold (:mod:`training.bias`);
     #: 0: no such check.
     bias_factor: float = 0.0
@@ -115,8 +115,8 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         raise ConfigError(
             f"--flatline must be one of {', '.join(FLATLINE_MODES)}, got {config.flatline!r}"
         )
-    if not config.bias_factor >= 0:
-        raise ConfigError(f"--bias-factor must be 0 (off) or more, got {config.bias_factor}")
+    if not (config.bias_factor == 0 or config.bias_factor > 1):
+        raise ConfigError(f"--bias-factor must be 0 (off) or above 1, got {config.bias_factor}")
     if config.modes < 0:
         raise ConfigError(f"--modes must be 0 (one threshold) or more, got {config.modes}")
     if config.sensor_weighting not in SENSOR_WEIGHTINGS:

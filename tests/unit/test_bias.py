@@ -28,8 +28,8 @@ def test_limits_are_the_factor_times_the_largest_validation_bias() -> None:
     }
     with pytest.raises(ValueError, match="finite"):
         fit_bias(np.array([[np.nan, 0.0]]), factor=2.0, threshold=0.5)
-    with pytest.raises(ValueError, match="positive"):
-        fit_bias(bias, factor=0.0, threshold=0.5)
+    with pytest.raises(ValueError, match="above 1"):
+        fit_bias(bias, factor=1.0, threshold=0.5)
 
 
 @pytest.mark.parametrize("family", ["dense", "pca"])
@@ -87,4 +87,4 @@ def test_an_offset_sensor_alerts_and_is_named(tmp_path: Path) -> None:
     # Without the check the squared error hardly notices it.
     assert np.mean(unchecked.score(offset).score >= m.threshold.value) < 0.5
     with pytest.raises(ConfigError, match="--bias-factor"):
-        train_bundle(TrainConfig(data=data, out=tmp_path / "bad", bias_factor=-1.0))
+        train_bundle(TrainConfig(data=data, out=tmp_path / "bad", bias_factor=0.5))

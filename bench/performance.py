@@ -424,8 +424,10 @@ async def naive_run(bootstrap: str, topic: str, bundle: Bundle, n_messages: int)
 
 
 PACED_PRODUCER = """
-import asyncio, json, sys, time
+import asyncio, json, random, sys, time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+POOL = 1009
 
 async def alerts_seen(bootstrap, topic, stop, out):
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
@@ -451,19 +453,28 @@ async def main(bootstrap, topic, alerts, n_assets, seconds, spec):
     watcher = asyncio.create_task(alerts_seen(bootstrap, alerts, stop, seen))
     heads = [b'{"asset":"asset-%06d","ts":' % a for a in range(n_assets)]
     keys = [b"asset-%06d" % a for a in range(n_assets)]
-    normal = json.dumps(levels).encode()
+    # Readings vary as in the training data (noise of 0.1 around each level); a pool of encoded
+    # bodies keeps the producer cheap. Identical readings would be a stuck sensor to a bundle's
+    # flatline check, and every window would alert. An asset takes the pool's next body each
+    # second; the pool's length (a prime) is longer than any window, so no window repeats one.
+    rng = random.Random(0)
+    def bodies(shift):
+        return [json.dumps([round(v + shift + rng.gauss(0.0, 0.1), 3) for v in levels]).encode()
+                for _ in range(POOL)]
+    normal = bodies(0.0)
     # 1 % of the assets turn anomalous for 10 s of every 20 s (all sensors +25): alerts open
     # and resolve during the run, as rare events.
-    shifted = json.dumps([v + 25.0 for v in levels]).encode()
+    shifted = bodies(25.0)
 
     async def send(a_lo, a_hi, ts, anomalous):
         batches = {}
+        second = ts // 1000
         for a in range(a_lo, a_hi):
             p = a % partitions
             batch = batches.get(p)
             if batch is None:
                 batch = batches[p] = producer.create_batch()
-            body = shifted if anomalous and a % 100 == 7 else normal
+            body = (shifted if anomalous and a % 100 == 7 else normal)[(a + second) % POOL]
             value = heads[a] + b"%d" % ts + b',"values":' + body + b"}"
             if batch.append(key=keys[a], value=value, timestamp=None) is None:
                 await producer.send_batch(batch, topic, partition=p)
@@ -1170,7 +1181,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.assets, args.steps, args.sensors, args.runs = 20, 50, [8], 1
         args.families, args.batch_sizes, args.score_seconds = ["dense"], (64,), 0.2
         args.memory_assets = (100,)
-        args.latency_seconds = 0.0
+        args.latency_rates, args.latency_seconds = (200,), 2.0
         args.growth_assets, args.growth_windows, args.growth_sensors = (50, 200), (32,), (8,)
     return args
 

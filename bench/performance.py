@@ -1,7 +1,7 @@
 """Throughput and memory of the monitor against its own limits, measured in one run.
 
     python bench/performance.py                  # full run, writes bench/results/performance.md
-    python bench/performance.py --smoke          # seconds; used by the test suite
+    python bench/performance.py --smoke          # half a minute; used by the test suite
 
 Against the local Kafka broker (``deploy/local/kafka.py start``, or ``KAFKA_BOOTSTRAP_SERVERS``)
 it pre-fills readings topics (synthetic readings of many assets: stationary drifts plus noise;

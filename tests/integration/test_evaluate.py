@@ -140,7 +140,18 @@ def test_generic_protocol_on_simulator_data(tmp_path: Path) -> None:
     written = result.write_report(tmp_path / "report")
     assert (tmp_path / "report" / "report.md").is_file()
     assert sum(p.suffix == ".png" for p in written) == 2
-    assert "point.f1" in (tmp_path / "report" / "report.md").read_text()
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "point.f1" in text
+    # One row per alert raised, each saying whether it overlaps a labelled anomaly, and the count
+    # of labelled anomalies none overlaps: the event figures, alert by alert.
+    rows = text.split("## Alerts", 1)[1].split("Labelled anomalies no alert overlaps: ", 1)
+    names = tuple(f"| {r.series.name} |" for r in result.replays)
+    alerts = [line for line in rows[0].splitlines() if line.startswith(names)]
+    assert len(alerts) == f["event.alerts"] == sum(len(r.alerts) for r in result.replays)
+    false = sum(line.endswith("| **no** |") for line in alerts)
+    assert len(alerts) - false == round(f["event.precision"] * f["event.alerts"])
+    missed = int(rows[1].split(".", 1)[0])
+    assert missed == round(f["event.segments"] * (1 - f["event.recall"]))
 
 
 @pytest.mark.kafka

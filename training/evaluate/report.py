@@ -78,9 +78,69 @@ def _markdown(result: EvaluationResult, images: list[tuple[str, str]]) -> str:
             )
             + " |"
         )
+    lines += _alert_lines(result)
     lines += ["", "## Plots", ""]
     lines += [f"### {name}\n\n![{name}]({png})\n" for name, png in images]
     return "\n".join(lines) + "\n"
+
+
+def _alert_lines(result: EvaluationResult) -> list[str]:
+    """Every alert raised, and whether it overlaps a labelled anomaly (the event figures'
+    rule); then every labelled anomaly no alert overlaps."""
+    from training.evaluate import metrics
+
+    alerts, missed = [], []
+    for r in result.replays:
+        s = r.series
+        segs = [
+            (max(a, s.evaluate_from), b)
+            for a, b in metrics.segments(s.labels)
+            if b > s.evaluate_from
+        ]
+        spans = [(a.opened, a.closed) for a in r.alerts]
+        for a in r.alerts:
+            true = any(metrics.overlaps((a.opened, a.closed), seg) for seg in segs)
+            closed = _when(s.ts_ms, a.closed - 1) if a.resolved else "(open at the end)"
+            alerts.append(
+                f"| {s.name} | {_when(s.ts_ms, a.opened)} | {closed} | {a.peak_ratio:.3g} "
+                f"| {', '.join(a.top_sensors)} | {'yes' if true else '**no**'} |"
+            )
+        for seg in segs:
+            if not any(metrics.overlaps(seg, span) for span in spans):
+                missed.append(
+                    f"| {s.name} | {_when(s.ts_ms, seg[0])} | {_when(s.ts_ms, seg[1] - 1)} "
+                    f"| {seg[1] - seg[0]} |"
+                )
+    lines = [
+        "",
+        "## Alerts",
+        "",
+        "Every alert raised (peak: score / threshold at its highest window; top sensors: "
+        "that window's largest shares of the error) and whether it overlaps a labelled anomaly; "
+        "one that does not is a false event.",
+        "",
+        "| series | opened | closed | peak | top sensors | labelled anomaly |",
+        "|---|---|---|---|---|---|",
+        *alerts,
+    ]
+    if not alerts:
+        lines.append("| (none) | | | | | |")
+    lines += [
+        "",
+        f"Labelled anomalies no alert overlaps: {len(missed)}.",
+        "",
+    ]
+    if missed:
+        lines += ["| series | from | to | points |", "|---|---|---|---|", *missed]
+    return lines
+
+
+def _when(ts_ms: npt.NDArray[np.int64], index: int) -> str:
+    """The UTC time of point ``index``, to the second."""
+    import datetime as dt
+
+    t = dt.datetime.fromtimestamp(int(ts_ms[index]) / 1000, dt.UTC)
+    return t.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def plot_series(r: Replay, path: Path) -> None:

@@ -191,7 +191,16 @@ def _model(args: argparse.Namespace, family: str, seed: int, window: int | None)
 
 
 def _alerts(args: argparse.Namespace) -> AlertOptions:
-    return AlertOptions(mode=args.rule, k=args.k, n=args.n, m=args.m, hysteresis=args.hysteresis)
+    return AlertOptions(
+        mode=args.rule,
+        k=args.k,
+        n=args.n,
+        m=args.m,
+        hysteresis=args.hysteresis,
+        hold_sensor=args.hold_sensor,
+        running_above=args.running_above,
+        hold_s=args.hold_seconds,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -454,6 +463,9 @@ def main() -> int:
     )
     r.add_argument("--flatline", default="auto", choices=FLATLINE_MODES, help="(tag off: nofl)")
     r.add_argument("--bias-factor", type=float, default=0.0, help="(tag: bias1.5)")
+    r.add_argument("--hold-sensor", help="the service's detector.hold (tag: hold)")
+    r.add_argument("--running-above", type=float, default=0.0)
+    r.add_argument("--hold-seconds", type=float, default=600.0)
     r.add_argument("--threshold-rule", default="quantile", choices=RULES)
     r.add_argument("--threshold-quantile", type=float, default=0.99)
     r.add_argument("--threshold-factor", type=float, default=1.5)

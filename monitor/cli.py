@@ -627,6 +627,13 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--hysteresis", type=float, default=0.8, help="quiet: score below this x threshold"
     )
+    p.add_argument(
+        "--hold-sensor",
+        help="the service's detector.hold: no alert opens while this sensor reads at or below "
+        "--running-above in a window (stopped, stopping, starting), nor --hold-seconds after",
+    )
+    p.add_argument("--running-above", type=float, default=0.0, help="with --hold-sensor")
+    p.add_argument("--hold-seconds", type=float, default=600.0, help="with --hold-sensor")
     p.add_argument("--separator", default=",", help="generic: CSV separator")
     p.add_argument("--timestamp-column", default="timestamp", help="generic: '' if none")
     p.add_argument("--label-column", default="label", help="generic: 0/1 label column")
@@ -676,7 +683,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
     from training.evaluate import AlertOptions, GenericOptions, ModelOptions, evaluate
 
-    alerts = AlertOptions(mode=args.rule, k=args.k, n=args.n, m=args.m, hysteresis=args.hysteresis)
+    alerts = AlertOptions(
+        mode=args.rule,
+        k=args.k,
+        n=args.n,
+        m=args.m,
+        hysteresis=args.hysteresis,
+        hold_sensor=args.hold_sensor,
+        running_above=args.running_above,
+        hold_s=args.hold_seconds,
+    )
     result = evaluate(
         args.protocol,
         args.data,
@@ -719,6 +735,7 @@ def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
             Path(result.bundles["bundle"]),
             alerts.detector(result.options["model"]["window"]),
             bootstrap=args.bootstrap,
+            hold=alerts.hold_settings(),
         )
         result.extra["kafka_agreement"] = agreement.to_json()
         print(f"via kafka: {agreement.summary()}")

@@ -124,6 +124,18 @@ class WindowSettings(_Section):
     idle_timeout_s: float | None = Field(default=300.0, ge=0)
 
 
+class HoldSettings(_Section):
+    """State-based suppression: windows in which ``sensor`` is at or below ``running_above`` at
+    some reading (the asset stopped, stopping or starting) open no alert, nor do those within
+    ``seconds`` after the last of them (warm-up and cool-down). An open alert goes on."""
+
+    #: A sensor of the bundle that says whether the asset runs (motor current, speed, flow).
+    sensor: str = Field(min_length=1)
+    #: The asset runs while ``sensor`` reads above this.
+    running_above: float = Field(allow_inf_nan=False)
+    seconds: float = Field(default=600.0, ge=0)
+
+
 class DetectorSettings(_Section):
     """Alert rule. ``k``, ``n`` and ``m`` default to values derived from the window length ``L``
     (see :meth:`resolved`): a load step or a one-reading glitch lifts at most ``L`` consecutive
@@ -137,6 +149,8 @@ class DetectorSettings(_Section):
     update_factor: float = Field(default=1.25, gt=1)
     severity_bands: tuple[float, float] = (2.0, 4.0)
     top_k: int = Field(default=3, ge=1)
+    #: Hold alerts while an asset stops, starts and settles (off when unset).
+    hold: HoldSettings | None = None
 
     @model_validator(mode="after")
     def _k_of_n(self) -> DetectorSettings:

@@ -29,6 +29,12 @@ Rules, per asset, for each window in ``ts`` order (``T`` = current threshold, ``
 * **Cooldown.** With ``cooldown_ms > 0``, windows with ``ts < end_ts_ms + cooldown_ms`` after a
   resolve are ignored: they neither open an alert nor enter the history, so the next alert needs
   ``k`` fresh above windows from the end of the cooldown.
+* **Hold** (state-based suppression). A window the caller marks *held* (e.g. one in which the
+  machine was stopped at some reading: a stop, a standstill or a start) and, with
+  ``hold_ms > 0``, every window with ``ts < ts_held + hold_ms`` after it (the warm-up or
+  cool-down that follows), is ignored while no alert is open, like a cooldown window; the
+  history is cleared, so evidence from before the stop never adds to evidence after it. An open
+  alert goes on as usual through held windows (it can still resolve).
 
 Every event carries the current window's score, the alert's peak score, the *current* threshold,
 the severity of the peak (``r < bands[0]`` warning, ``< bands[1]`` major, else critical) and the
@@ -79,6 +85,8 @@ class DetectorConfig:
     m: int = 10
     hysteresis: float = 0.8
     cooldown_ms: int = 0
+    #: How long after a held window (see :meth:`Detector.observe`) windows stay held.
+    hold_ms: int = 0
     #: Re-notify (``updated``) when the peak's score/threshold ratio grows by this factor.
     update_factor: float = 1.25
     #: Score/threshold ratios at which severity becomes major, then critical.
@@ -99,6 +107,8 @@ class DetectorConfig:
             raise bad("hysteresis", "must be in (0, 1]")
         if not _is_int(self.cooldown_ms) or self.cooldown_ms < 0:
             raise bad("cooldown_ms", "must be an integer >= 0")
+        if not _is_int(self.hold_ms) or self.hold_ms < 0:
+            raise bad("hold_ms", "must be an integer >= 0")
         if not _is_finite(self.update_factor) or self.update_factor < 1:
             raise bad("update_factor", "must be a finite number >= 1")
         bands = self.severity_bands
@@ -116,6 +126,16 @@ class DetectorConfig:
         """0 (warning), 1 (major) or 2 (critical) for a score/threshold ratio."""
         major, critical = self.severity_bands
         return 0 if ratio < major else 1 if ratio < critical else 2
+
+
+def held_windows(
+    windows: npt.NDArray[np.float32], sensor: int, running_above: float
+) -> npt.NDArray[np.bool_]:
+    """Which of ``windows`` ([B, L, F], raw readings) ``detector.hold`` holds: those in which
+    sensor ``sensor`` reads at or below ``running_above`` at some reading (the asset stopped,
+    stopping or starting)."""
+    held: npt.NDArray[np.bool_] = windows[:, :, sensor].min(axis=1) <= running_above
+    return held
 
 
 class _Win(NamedTuple):
@@ -154,16 +174,22 @@ class _Alert:
 class _State:
     """A non-idle asset. Idle assets (nothing open, empty history, no cooldown) have no entry."""
 
-    __slots__ = ("alert", "cool_until", "hist", "pending")
+    __slots__ = ("alert", "cool_until", "hist", "hold_until", "pending")
 
     def __init__(self) -> None:
         self.hist = 0  # bit i set = the window i steps back was above; only while no alert
         self.pending: list[_Win] = []  # the above windows of ``hist``, oldest first
         self.cool_until: int | None = None
+        self.hold_until: int | None = None  # windows before this ts are held
         self.alert: _Alert | None = None
 
     def idle(self) -> bool:
-        return self.alert is None and self.hist == 0 and self.cool_until is None
+        return (
+            self.alert is None
+            and self.hist == 0
+            and self.cool_until is None
+            and self.hold_until is None
+        )
 
     def dump(self, *, history: bool = True) -> dict[str, Any]:
         doc: dict[str, Any] = {}
@@ -172,6 +198,8 @@ class _State:
             doc["p"] = [w.dump() for w in self.pending]
         if self.cool_until is not None:
             doc["c"] = self.cool_until
+        if self.hold_until is not None:
+            doc["u"] = self.hold_until
         a = self.alert
         if a is not None:
             doc["a"] = [a.start, a.seq, a.peak.dump(), a.rep_ratio, a.rep_rank, a.quiet]
@@ -191,6 +219,10 @@ class _State:
         if cool is not None and not _is_int(cool):
             raise ValueError(f"bad cooldown {cool!r}")
         st.cool_until = cool
+        hold = doc.get("u")
+        if hold is not None and not _is_int(hold):
+            raise ValueError(f"bad hold {hold!r}")
+        st.hold_until = hold
         if "a" in doc:
             start, seq, peak, rep_ratio, rep_rank, quiet = doc["a"]
             if not all(_is_int(v) for v in (start, seq, rep_rank, quiet)):
@@ -275,11 +307,13 @@ class Detector:
         ts_ms: npt.NDArray[np.int64],
         scores: npt.NDArray[np.float32],
         sensor_error: npt.NDArray[np.float32],
+        held: npt.NDArray[np.bool_] | None = None,
     ) -> list[AlertEvent]:
         """Feed a batch of scored windows; return the events they cause, in batch order.
 
         Windows of one asset must come in ``ts`` order (within and across batches); windows of
-        different assets may interleave. Raises ``ValueError`` on inconsistent shapes.
+        different assets may interleave. ``held`` marks windows to hold (see the module
+        docstring; none when ``None``). Raises ``ValueError`` on inconsistent shapes.
         """
         b = len(assets)
         nf = len(self._features)
@@ -288,6 +322,8 @@ class Detector:
                 f"observe: {b} assets, ts {ts_ms.shape}, scores {scores.shape}, sensor_error "
                 f"{sensor_error.shape}; expected ({b},), ({b},), ({b}, {nf})"
             )
+        if held is not None and held.shape != (b,):
+            raise ValueError(f"observe: {b} assets, held {held.shape}; expected ({b},)")
         if b == 0:
             return []
         thr = self._threshold
@@ -300,14 +336,15 @@ class Detector:
         if not all_finite:
             above &= finite
         above_idx = np.flatnonzero(above)
+        held_idx = np.flatnonzero(held) if held is not None else above_idx[:0]
         states = self._states
-        # Fast path, the common case: nothing above threshold and no asset with any state.
-        if not states and above_idx.size == 0:
+        # Fast path, the common case: nothing above threshold or held, and no asset with state.
+        if not states and above_idx.size == 0 and held_idx.size == 0:
             return []
         above_rows = above_idx.tolist()
-        # Give every asset with an above window a state up front, so that one C-level pass over
-        # the batch finds all rows to step (any that stay idle are dropped again below).
-        for i in above_rows:
+        # Give every asset with an above or held window a state up front, so that one C-level
+        # pass over the batch finds all rows to step (any that stay idle are dropped below).
+        for i in above_rows + held_idx.tolist():
             asset = str(assets[i])
             if asset not in states:
                 states[asset] = _State()
@@ -340,6 +377,7 @@ class Detector:
         ratio_l: list[float] = (rsc / thr).tolist()
         quiet_l: list[bool] = (rsc < self._low).tolist()
         above_l: list[bool] = above[idx].tolist()
+        held_l: list[bool] = [False] * len(rows) if held is None else held[idx].tolist()
 
         events: list[AlertEvent] = []
         for j, i in enumerate(rows):
@@ -347,7 +385,7 @@ class Detector:
             is_above = above_l[j]
             st = states.get(asset)
             if st is None:
-                if not is_above:
+                if not (is_above or held_l[j]):
                     continue  # idle and a normal window: nothing to remember
                 st = states[asset] = _State()
             self._step(
@@ -360,6 +398,7 @@ class Detector:
                 is_above,
                 quiet_l[j],
                 tops[i] if is_above else (),
+                held_l[j],
             )
             if st.idle():
                 del states[asset]
@@ -376,9 +415,12 @@ class Detector:
         is_above: bool,
         quiet: bool,
         top: tuple[SensorShare, ...],
+        held: bool = False,
     ) -> None:
         """Advance one asset's state machine by one window, appending any event to ``events``."""
         cfg = self.config
+        if held:
+            st.hold_until = ts + cfg.hold_ms if cfg.hold_ms else None
         a = st.alert
         if a is not None:
             if is_above and ratio > a.peak.ratio:
@@ -401,6 +443,10 @@ class Detector:
                     st.cool_until = ts + cfg.cooldown_ms
             return
 
+        if held or (st.hold_until is not None and ts < st.hold_until):
+            st.hist, st.pending = 0, []
+            return
+        st.hold_until = None
         if st.cool_until is not None:
             if ts < st.cool_until:
                 return

@@ -48,7 +48,7 @@ from prometheus_client import Counter as PromCounter
 
 from monitor import native, offsets
 from monitor.config import Settings
-from monitor.detector import Detector, DetectorConfig
+from monitor.detector import Detector, DetectorConfig, held_windows
 from monitor.errors import ConfigError, DataError, KafkaUnavailableError, PlantwatchError
 from monitor.events import AlertEvent
 from monitor.http import OpsServer
@@ -177,6 +177,8 @@ class _Scoring:
     out: _Outgoing
     #: (scores, per-sensor errors, seconds in ONNX Runtime)
     future: asyncio.Future[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], float]]
+    #: Windows held by ``detector.hold`` (None without it).
+    held: npt.NDArray[np.bool_] | None = None
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,8 @@ class Service(Lifecycle):
         self._slots: dict[TopicPartition, int] = {}
         self._model_in_use: LoadedModel | None = None
         self._pipeline: _Pipeline | None = None
+        #: ``detector.hold``: the sensor's index in the bundle's features and its running level.
+        self._hold: tuple[int, float] | None = None
         #: Scores batches (``model.workers`` at once; on CPU by default one single-threaded
         #: ONNX Runtime run per core) while the event loop prepares the next.
         self._scoring_thread: ThreadPoolExecutor | None = None
@@ -334,6 +338,19 @@ class Service(Lifecycle):
         d = s.detector
         k, n, m = d.resolved(manifest.window.length)
         logger.info("alert rule: open on %d of %d windows, resolve after %d quiet ones", k, n, m)
+        # detector.hold: the sensor's place in the bundle's feature order is fixed (a reloaded
+        # bundle must have the same features).
+        if d.hold is not None:
+            if d.hold.sensor not in manifest.features:
+                raise ConfigError(
+                    f"detector.hold.sensor: {d.hold.sensor!r} is not a sensor of the bundle "
+                    f"({', '.join(manifest.features)})"
+                )
+            self._hold = (manifest.features.index(d.hold.sensor), d.hold.running_above)
+            logger.info(
+                "alert hold: while %s <= %g and %g s after", d.hold.sensor,
+                d.hold.running_above, d.hold.seconds,
+            )  # fmt: skip
         detector = Detector(
             DetectorConfig(
                 k=k,
@@ -341,6 +358,7 @@ class Service(Lifecycle):
                 m=m,
                 hysteresis=d.hysteresis,
                 cooldown_ms=round(d.cooldown_s * 1000),
+                hold_ms=0 if d.hold is None else round(d.hold.seconds * 1000),
                 update_factor=d.update_factor,
                 severity_bands=d.severity_bands,
                 top_k=d.top_k,
@@ -1104,7 +1122,10 @@ class Service(Lifecycle):
                 ready.windows if whole else ready.windows[idx],
             )
             assets = ready.assets if whole else [ready.assets[i] for i in idx]
-            self._scoring.append(_Scoring(assets, ready.ts_ms[idx], model, out, future))
+            held = None
+            if self._hold is not None:
+                held = held_windows(ready.windows if whole else ready.windows[idx], *self._hold)
+            self._scoring.append(_Scoring(assets, ready.ts_ms[idx], model, out, future, held))
             out.jobs += 1
         await self._drain(out, keep=SCORING_AHEAD + self.models.workers - 1)
 
@@ -1150,7 +1171,7 @@ class Service(Lifecycle):
                 )
                 self._model_in_use = job.model
             with out.timed("detect"):
-                self._detect(job.assets, job.ts_ms, scores, errors, job.out)
+                self._detect(job.assets, job.ts_ms, scores, errors, job.out, job.held)
             job.out.jobs -= 1
             if not job.out.jobs:
                 await self._batch_detected(commit=commit)
@@ -1162,6 +1183,7 @@ class Service(Lifecycle):
         scores: npt.NDArray[np.float32],
         errors: npt.NDArray[np.float32],
         out: _Outgoing,
+        held: npt.NDArray[np.bool_] | None = None,
     ) -> None:
         m = self.metrics
         detector = self.pipeline.detector
@@ -1174,7 +1196,7 @@ class Service(Lifecycle):
         if self.settings.scores.topic:
             out.scores.extend(_score_messages(assets, ts_ms, scores))
 
-        events = detector.observe(assets, ts_ms, scores, errors)
+        events = detector.observe(assets, ts_ms, scores, errors, held)
         for event in events:
             out.count(m.alert_events.labels(event.event.value, event.severity.value))
             logger.info(

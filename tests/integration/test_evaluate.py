@@ -154,6 +154,52 @@ def test_generic_protocol_on_simulator_data(tmp_path: Path) -> None:
     assert missed == round(f["event.segments"] * (1 - f["event.recall"]))
 
 
+def test_the_hold_keeps_held_windows_from_opening_alerts(tmp_path: Path) -> None:
+    from monitor.errors import ConfigError
+    from training.evaluate import GenericOptions
+
+    data = write_sim_dataset(
+        tmp_path / "sim",
+        SimDataset(
+            n_pumps=1,
+            n_compressors=1,
+            train_hours=1.5,
+            test_hours=2,
+            n_faults=2,
+            fault_kinds=("bearing_wear", "cavitation"),
+        ),
+    )
+    rule = {"k": 20, "n": 30, "m": 30}
+    plain = evaluate(
+        "generic",
+        data,
+        model=ModelOptions(window=16, epochs=3),
+        alerts=AlertOptions(**rule),
+        work_dir=tmp_path / "work",
+    )
+    assert plain.figures["event.alerts"] >= 1
+    bundle = GenericOptions(bundle=Path(plain.bundles["bundle"]))
+    # Every window of every asset has a flow at or below this level: all are held.
+    held = evaluate(
+        "generic",
+        data,
+        alerts=AlertOptions(**rule, hold_sensor="flow", running_above=1e9),
+        generic=bundle,
+    )
+    assert held.figures["event.alerts"] == 0
+    assert "held while flow <= 1e+09 and 600 s after" in held.options["alert_rule"]
+    # A level no reading reaches holds nothing: the same alerts as without a hold.
+    none = evaluate(
+        "generic",
+        data,
+        alerts=AlertOptions(**rule, hold_sensor="flow", running_above=-1e9),
+        generic=bundle,
+    )
+    assert none.figures["event.alerts"] == plain.figures["event.alerts"]
+    with pytest.raises(ConfigError, match="--hold-sensor: 'speed' is not a sensor"):
+        evaluate("generic", data, alerts=AlertOptions(hold_sensor="speed"), generic=bundle)
+
+
 @pytest.mark.kafka
 def test_offline_and_online_agree_via_kafka(tmp_path: Path, kafka_bootstrap: str) -> None:
     """The same test files through Kafka and a real Service: same scores, same alert events."""
@@ -191,6 +237,29 @@ def test_offline_and_online_agree_via_kafka(tmp_path: Path, kafka_bootstrap: str
     assert agreement.windows_matched == sum(int(np.isfinite(r.score).sum()) for r in result.replays)
     assert agreement.events_matched == offline_events
     assert agreement.max_rel_score_diff <= 1e-4
+
+    # With detector.hold (the compressor stops: its flow drops to 0), offline and online agree
+    # too, and the hold changed what alerted.
+    from training.evaluate import GenericOptions
+
+    held = AlertOptions(k=4, n=6, m=6, hold_sensor="flow", running_above=100.0, hold_s=60.0)
+    with_hold = evaluate(
+        "generic",
+        result.options["data"],
+        alerts=held,
+        generic=GenericOptions(bundle=Path(result.bundles["bundle"])),
+    )
+    held_events = sum(len(r.events) for r in with_hold.replays)
+    assert 0 < held_events < offline_events
+    agreement = agree_via_kafka(
+        with_hold.replays,
+        Path(result.bundles["bundle"]),
+        held.detector(16),
+        bootstrap=kafka_bootstrap,
+        hold=held.hold_settings(),
+    )
+    assert agreement.agree, agreement.differences
+    assert agreement.events_matched == held_events
 
 
 def test_skab_ignore_sensors_leaves_them_out_of_the_model(tmp_path: Path) -> None:

@@ -171,6 +171,75 @@ def test_cooldown_is_kept_as_state_until_a_later_window_arrives() -> None:
     assert det.tracked_assets() == 0
 
 
+# --- hold (state-based suppression) ---------------------------------------------------------------
+
+
+def held_series(
+    det: Detector, scores: Sequence[float], held: Sequence[int], t0: int = 0
+) -> list[AlertEvent]:
+    """Windows of one asset, 1 s apart, in one batch; ``held`` lists the held ones' indices."""
+    n = len(scores)
+    mask = np.zeros(n, dtype=bool)
+    mask[list(held)] = True
+    return det.observe(
+        ["p1"] * n,
+        np.arange(t0, t0 + 1000 * n, 1000, dtype=np.int64),
+        np.array(scores, dtype=np.float32),
+        np.outer(scores, PROFILE).astype(np.float32),
+        held=mask,
+    )
+
+
+def test_held_windows_and_the_hold_after_them_open_nothing() -> None:
+    det = make(k=2, n=3, m=1, hold_ms=3000)
+    # A stop at 1..2 (held) and its after-effects until 2000 + 3000: above, but none opens.
+    assert held_series(det, [2.0, 0.1, 2.0, 2.0, 2.0], held=[1, 2]) == []
+    # From 5000 on the hold is over: 5000 and 7000 are two above windows of three.
+    events = held_series(det, [2.0, 0.1, 2.0], held=[], t0=5000)
+    assert kinds(events) == [("opened", 0, 7000)]
+    assert events[0].start_ts_ms == 5000
+
+
+def test_a_hold_clears_the_evidence_from_before_it() -> None:
+    det = make(k=3, n=5, hold_ms=0)
+    # Two above windows, a held one, then one above: without the hold 3 of 5 would open.
+    assert held_series(det, [2.0, 2.0, 2.0, 2.0], held=[2]) == []
+    assert kinds(series(make(k=3, n=5), [2.0, 2.0, 2.0, 2.0])) == [("opened", 0, 2000)]
+
+
+def test_an_open_alert_goes_on_through_a_hold() -> None:
+    det = make(k=1, n=1, m=2, hold_ms=10_000)
+    events = held_series(det, [2.0, 0.1, 0.1, 2.0, 2.0], held=[1])
+    # The alert resolves on the quiet (held) windows; the hold then keeps it from reopening.
+    assert kinds(events) == [("opened", 0, 0), ("resolved", 1, 2000)]
+
+
+def test_a_hold_is_kept_in_snapshots() -> None:
+    config = DetectorConfig(k=1, n=1, m=1, hold_ms=5000)
+    det = Detector(config, threshold=1.0, features=FEATS, model=MODEL)
+    held_series(det, [0.1], held=[0])
+    snap = json.loads(json.dumps(det.snapshot(["p1"])))
+    assert snap["assets"]["p1"] == {"u": 5000}
+    fresh = Detector(config, threshold=1.0, features=FEATS, model=MODEL)
+    fresh.restore(snap)
+    assert series(fresh, [2.0], t0=4000) == []  # still held
+    assert kinds(series(fresh, [2.0], t0=5000)) == [("opened", 0, 5000)]
+    assert fresh.tracked_assets() == 1  # the open alert
+    with pytest.raises(DataError, match="hold"):
+        make(k=1, n=1).restore({"v": 1, "n": 1, "assets": {"p1": {"u": "soon"}}})
+
+
+def test_held_must_match_the_batch() -> None:
+    with pytest.raises(ValueError, match="held"):
+        make().observe(
+            ["p1"],
+            np.array([0], dtype=np.int64),
+            np.array([2.0], dtype=np.float32),
+            np.zeros((1, 3), dtype=np.float32),
+            held=np.zeros(2, dtype=bool),
+        )
+
+
 # --- updates -------------------------------------------------------------------------------------
 
 
@@ -357,6 +426,7 @@ def test_set_model_validates() -> None:
         ("hysteresis", 1.1),
         ("hysteresis", math.nan),
         ("cooldown_ms", -1),
+        ("hold_ms", -1),
         ("update_factor", 0.9),
         ("severity_bands", (4.0, 2.0)),
         ("severity_bands", (0.5, 2.0)),

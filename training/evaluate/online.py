@@ -34,7 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from monitor.config import Settings
+from monitor.config import HoldSettings, Settings
 from monitor.detector import DetectorConfig
 from monitor.errors import KafkaUnavailableError
 from monitor.events import AlertEvent
@@ -106,13 +106,17 @@ def agree_via_kafka(
     rtol: float = 1e-4,
     atol: float = 1e-6,
     max_gap_steps: int = 3,
+    hold: HoldSettings | None = None,
 ) -> Agreement:
     """Stream ``replays``' readings through Kafka and ``serve``; compare with them.
 
     ``detector`` must be the rule the offline replays used (``k``/``n``/``m``/hysteresis; the
-    rest at the service defaults). Raises :class:`KafkaUnavailableError` without a broker.
+    rest at the service defaults), and ``hold`` their ``detector.hold`` if any. Raises
+    :class:`KafkaUnavailableError` without a broker.
     """
-    return asyncio.run(_agree(replays, bundle, detector, bootstrap, rtol, atol, max_gap_steps))
+    return asyncio.run(
+        _agree(replays, bundle, detector, bootstrap, rtol, atol, max_gap_steps, hold)
+    )
 
 
 async def _agree(
@@ -123,6 +127,7 @@ async def _agree(
     rtol: float,
     atol: float,
     max_gap_steps: int,
+    hold: HoldSettings | None = None,
 ) -> Agreement:
     started = time.perf_counter()
     names = [r.series.name for r in replays]
@@ -159,6 +164,7 @@ async def _agree(
                     "n": detector.n,
                     "m": detector.m,
                     "hysteresis": detector.hysteresis,
+                    **({} if hold is None else {"hold": hold.model_dump()}),
                 },
                 "alerts": {"topic": topics["alerts"]},
                 "scores": {"topic": topics["scores"]},

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from monitor.bundle import Bundle, load_bundle
-from monitor.config import DetectorSettings
+from monitor.config import DetectorSettings, HoldSettings
 from monitor.detector import DetectorConfig
 from monitor.errors import ConfigError, DataError
 from monitor.scoring import Scorer
@@ -95,14 +95,51 @@ class AlertOptions:
     n: int | None = None
     m: int | None = None
     hysteresis: float = 0.8
+    #: The service's ``detector.hold``: no alert opens while ``hold_sensor`` reads at or below
+    #: ``running_above`` in a window, nor for ``hold_s`` seconds after (off when ``None``).
+    hold_sensor: str | None = None
+    running_above: float = 0.0
+    hold_s: float = 600.0
+
+    def hold_settings(self) -> HoldSettings | None:
+        """The service's ``detector.hold`` for these options."""
+        if self.hold_sensor is None:
+            return None
+        try:
+            return HoldSettings(
+                sensor=self.hold_sensor, running_above=self.running_above, seconds=self.hold_s
+            )
+        except ValueError as exc:
+            raise ConfigError(f"alert hold: {exc}".splitlines()[0]) from None
 
     def detector(self, window: int) -> DetectorConfig:
+        hold = self.hold_settings()
         try:
-            settings = DetectorSettings(k=self.k, n=self.n, m=self.m, hysteresis=self.hysteresis)
+            settings = DetectorSettings(
+                k=self.k, n=self.n, m=self.m, hysteresis=self.hysteresis, hold=hold
+            )
         except ValueError as exc:
             raise ConfigError(f"alert rule: {exc}".splitlines()[0]) from None
         k, n, m = settings.resolved(window)
-        return DetectorConfig(k=k, n=n, m=m, hysteresis=self.hysteresis)
+        return DetectorConfig(
+            k=k,
+            n=n,
+            m=m,
+            hysteresis=self.hysteresis,
+            hold_ms=0 if hold is None else round(hold.seconds * 1000),
+        )
+
+    def hold(self, features: Sequence[str]) -> tuple[int, float] | None:
+        """The hold sensor's index in ``features`` and its running level, as the service
+        resolves ``detector.hold``."""
+        if self.hold_sensor is None:
+            return None
+        if self.hold_sensor not in features:
+            raise ConfigError(
+                f"--hold-sensor: {self.hold_sensor!r} is not a sensor of the bundle "
+                f"({', '.join(features)})"
+            )
+        return list(features).index(self.hold_sensor), self.running_above
 
 
 @dataclass(frozen=True)
@@ -295,6 +332,12 @@ def _options(
         if alerts.mode == "reference"
         else f"service: open on {d.k} of {d.n}, resolve after {d.m} below "
         f"{alerts.hysteresis:g} x threshold"
+        + (
+            ""
+            if alerts.hold_sensor is None
+            else f"; held while {alerts.hold_sensor} <= {alerts.running_above:g} "
+            f"and {alerts.hold_s:g} s after"
+        )
     )
     return {
         "protocol": protocol,
@@ -389,6 +432,7 @@ def _skab(
             detector,
             mode=alerts.mode,
             reference_train_end=SKAB_TRAIN_ROWS,
+            hold=alerts.hold(bundle.manifest.features),
         )
         replays.append(r)
         cp = _parse_labels(frame["changepoint"], file, "changepoint", np.arange(1, n + 1))
@@ -515,10 +559,11 @@ def _generic(
     if alerts.mode == "reference":
         raise ConfigError("the reference alert rule is defined for the skab protocol only")
     scorer = Scorer(bundle, device="cpu")
+    hold = alerts.hold(m.features)
     replays: list[Replay] = []
     for file in tests:
         for series in _generic_series(file, opts, m.features, m.sampling_interval_s):
-            r = replay(scorer, series, detector)
+            r = replay(scorer, series, detector, hold=hold)
             replays.append(r)
             c = metrics.confusion(series.labels, r.flagged)
             say(f"{series.name}: {len(r.alerts)} alerts, F1 {c.f1:.3f}, FAR {c.far_pct:.1f} %")

@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.bundle import Bundle
-from monitor.detector import Detector, DetectorConfig
+from monitor.detector import Detector, DetectorConfig, held_windows
 from monitor.events import AlertEvent, EventType, ModelRef
 from monitor.scoring import Scorer
 from monitor.windows import WindowStore
@@ -119,11 +119,13 @@ def replay(
     reference_train_end: int | None = None,
     max_gap_steps: int = 3,
     block: int = BLOCK,
+    hold: tuple[int, float] | None = None,
 ) -> Replay:
     """Score ``series`` through the service path and apply the alert rule of ``mode``.
 
     ``reference_train_end``: with ``mode="reference"``, the windows ending before this point are
-    the training windows its control limit is taken from.
+    the training windows its control limit is taken from. ``hold``: the hold sensor's index
+    and running level, as the service's ``detector.hold`` (``detector.hold_ms`` is the rest).
     """
     bundle = scorer.bundle
     m = bundle.manifest
@@ -153,7 +155,8 @@ def replay(
         out = scorer.score(batch.windows)
         score[batch.offsets] = out.score
         sensor_error[batch.offsets] = out.sensor_error
-        events.extend(det.observe(batch.assets, batch.ts_ms, out.score, out.sensor_error))
+        held = None if hold is None else held_windows(batch.windows, *hold)
+        events.extend(det.observe(batch.assets, batch.ts_ms, out.score, out.sensor_error, held))
 
     if mode == "reference":
         if reference_train_end is None:

@@ -135,9 +135,9 @@ def _service(
     observed: list[tuple[str, int, float]] = []
     observe = detector.observe
 
-    def recording(assets: Any, ts_ms: Any, scores: Any, errors: Any) -> Any:
+    def recording(assets: Any, ts_ms: Any, scores: Any, errors: Any, held: Any = None) -> Any:
         observed.extend(zip(assets, ts_ms.tolist(), scores.tolist(), strict=True))
-        return observe(assets, ts_ms, scores, errors)
+        return observe(assets, ts_ms, scores, errors, held)
 
     detector.observe = recording  # type: ignore[method-assign]
     service._pipeline = _Pipeline(

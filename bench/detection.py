@@ -191,16 +191,7 @@ def _model(args: argparse.Namespace, family: str, seed: int, window: int | None)
 
 
 def _alerts(args: argparse.Namespace) -> AlertOptions:
-    return AlertOptions(
-        mode=args.rule,
-        k=args.k,
-        n=args.n,
-        m=args.m,
-        hysteresis=args.hysteresis,
-        hold_sensor=args.hold_sensor,
-        running_above=args.running_above,
-        hold_s=args.hold_seconds,
-    )
+    return AlertOptions.from_args(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -683,16 +683,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
     from training.evaluate import AlertOptions, GenericOptions, ModelOptions, evaluate
 
-    alerts = AlertOptions(
-        mode=args.rule,
-        k=args.k,
-        n=args.n,
-        m=args.m,
-        hysteresis=args.hysteresis,
-        hold_sensor=args.hold_sensor,
-        running_above=args.running_above,
-        hold_s=args.hold_seconds,
-    )
+    alerts = AlertOptions.from_args(args)
     result = evaluate(
         args.protocol,
         args.data,

@@ -98,8 +98,9 @@ def test_skab_service_rule_and_outputs(tmp_path: Path) -> None:
     assert doc["f1"] == pytest.approx(figures["f1"])
 
 
-def test_generic_protocol_on_simulator_data(tmp_path: Path) -> None:
-    data = write_sim_dataset(
+def _small_sim(tmp_path: Path) -> Path:
+    """A plant of one pump and a compressor: 1.5 h of training, 2 h of test with two faults."""
+    return write_sim_dataset(
         tmp_path / "sim",
         SimDataset(
             n_pumps=1,
@@ -110,6 +111,10 @@ def test_generic_protocol_on_simulator_data(tmp_path: Path) -> None:
             fault_kinds=("bearing_wear", "cavitation"),
         ),
     )
+
+
+def test_generic_protocol_on_simulator_data(tmp_path: Path) -> None:
+    data = _small_sim(tmp_path)
     result = evaluate(
         "generic",
         data,
@@ -158,17 +163,7 @@ def test_the_hold_keeps_held_windows_from_opening_alerts(tmp_path: Path) -> None
     from monitor.errors import ConfigError
     from training.evaluate import GenericOptions
 
-    data = write_sim_dataset(
-        tmp_path / "sim",
-        SimDataset(
-            n_pumps=1,
-            n_compressors=1,
-            train_hours=1.5,
-            test_hours=2,
-            n_faults=2,
-            fault_kinds=("bearing_wear", "cavitation"),
-        ),
-    )
+    data = _small_sim(tmp_path)
     rule = {"k": 20, "n": 30, "m": 30}
     plain = evaluate(
         "generic",
@@ -205,17 +200,7 @@ def test_offline_and_online_agree_via_kafka(tmp_path: Path, kafka_bootstrap: str
     """The same test files through Kafka and a real Service: same scores, same alert events."""
     from training.evaluate.online import agree_via_kafka
 
-    data = write_sim_dataset(
-        tmp_path / "sim",
-        SimDataset(
-            n_pumps=1,
-            n_compressors=1,
-            train_hours=1.5,
-            test_hours=2,
-            n_faults=2,
-            fault_kinds=("bearing_wear", "cavitation"),
-        ),
-    )
+    data = _small_sim(tmp_path)
     alerts = AlertOptions(k=4, n=6, m=6)
     result = evaluate(
         "generic",

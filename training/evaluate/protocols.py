@@ -101,6 +101,20 @@ class AlertOptions:
     running_above: float = 0.0
     hold_s: float = 600.0
 
+    @classmethod
+    def from_args(cls, args: Any) -> AlertOptions:
+        """From ``plantwatch evaluate``'s (or ``bench/detection.py run``'s) parsed options."""
+        return cls(
+            mode=args.rule,
+            k=args.k,
+            n=args.n,
+            m=args.m,
+            hysteresis=args.hysteresis,
+            hold_sensor=args.hold_sensor,
+            running_above=args.running_above,
+            hold_s=args.hold_seconds,
+        )
+
     def hold_settings(self) -> HoldSettings | None:
         """The service's ``detector.hold`` for these options."""
         if self.hold_sensor is None:

@@ -20,7 +20,11 @@ MODEL = ModelRef("ae", "1", "0" * 64)
 # Default error profile: sensor "a" carries half the error, "b" a third, "c" a sixth.
 PROFILE = (1.5, 1.0, 0.5)
 
-Row = tuple[str, int, float] | tuple[str, int, float, Sequence[float]]
+Row = (
+    tuple[str, int, float]
+    | tuple[str, int, float, Sequence[float]]
+    | tuple[str, int, float, Sequence[float], bool]
+)
 
 
 def make(threshold: float = 1.0, **config: Any) -> Detector:
@@ -28,16 +32,20 @@ def make(threshold: float = 1.0, **config: Any) -> Detector:
 
 
 def feed(det: Detector, rows: Sequence[Row]) -> list[AlertEvent]:
-    """One observe() call with these (asset, ts, score[, sensor_error]) windows."""
+    """One observe() call with these (asset, ts, score[, sensor_error[, held]]) windows."""
     n = len(det.features)
     err = np.empty((len(rows), n), dtype=np.float32)
     for i, row in enumerate(rows):
-        err[i] = row[3] if len(row) == 4 else np.array(PROFILE[:n]) * row[2]
+        err[i] = row[3] if len(row) >= 4 else np.array(PROFILE[:n]) * row[2]
+    held = None
+    if any(len(r) == 5 for r in rows):
+        held = np.array([len(r) == 5 and bool(r[4]) for r in rows])
     return det.observe(
         [r[0] for r in rows],
         np.array([r[1] for r in rows], dtype=np.int64),
         np.array([r[2] for r in rows], dtype=np.float32),
         err,
+        held,
     )
 
 
@@ -499,8 +507,14 @@ LEVELS = (0.1, 0.1, 0.1, 0.5, 0.85, 1.0, 1.5, 2.5, 2.5, 4.5, math.nan)
 PROFILES = ((1.0, 1.0, 1.0), (3.0, 0.0, 0.0), (0.2, 1.8, 1.0), (0.0, 0.5, 2.5))
 
 configs = st.builds(
-    lambda n, kfrac, m, h, cool, uf: DetectorConfig(
-        k=max(1, round(n * kfrac)), n=n, m=m, hysteresis=h, cooldown_ms=cool, update_factor=uf
+    lambda n, kfrac, m, h, cool, uf, hold: DetectorConfig(
+        k=max(1, round(n * kfrac)),
+        n=n,
+        m=m,
+        hysteresis=h,
+        cooldown_ms=cool,
+        update_factor=uf,
+        hold_ms=hold,
     ),
     st.integers(1, 5),
     st.floats(0.0, 1.0),
@@ -508,26 +522,29 @@ configs = st.builds(
     st.sampled_from([0.8, 1.0]),
     st.sampled_from([0, 2500]),
     st.sampled_from([1.0, 1.25]),
+    st.sampled_from([0, 3000]),
 )
+Draw = tuple[str, int, float, int, bool]
 streams = st.lists(
     st.tuples(
         st.sampled_from(["x", "x", "x", "y", "z"]),  # mostly one asset: longer per-asset runs
         st.integers(1, 2000),
         st.sampled_from(LEVELS),
         st.integers(0, len(PROFILES) - 1),
+        st.sampled_from([False] * 7 + [True]),  # held (detector.hold), now and then
     ),
     min_size=1,
     max_size=80,
 )
 
 
-def windows_of(stream: list[tuple[str, int, float, int]]) -> list[Row]:
-    """Turn (asset, gap, level, profile) draws into windows, ts increasing per asset."""
+def windows_of(stream: list[Draw]) -> list[Row]:
+    """Turn (asset, gap, level, profile, held) draws into windows, ts increasing per asset."""
     clock: dict[str, int] = {}
     rows: list[Row] = []
-    for asset, gap, level, p in stream:
+    for asset, gap, level, p, held in stream:
         clock[asset] = clock.get(asset, 0) + gap
-        rows.append((asset, clock[asset], level, tuple(level * w for w in PROFILES[p])))
+        rows.append((asset, clock[asset], level, tuple(level * w for w in PROFILES[p]), held))
     return rows
 
 
@@ -546,7 +563,7 @@ batch_cuts = st.lists(st.integers(0, 200), max_size=6)
 @settings(max_examples=200, deadline=None)
 @given(config=configs, stream=streams, cuts=batch_cuts, data=st.data())
 def test_snapshot_restore_continues_exactly(
-    config: DetectorConfig, stream: list[tuple[str, int, float, int]], cuts: list[int], data: Any
+    config: DetectorConfig, stream: list[Draw], cuts: list[int], data: Any
 ) -> None:
     rows = windows_of(stream)
     cut = data.draw(st.integers(0, len(rows)), label="snapshot after window")
@@ -570,9 +587,7 @@ def test_snapshot_restore_continues_exactly(
 
 @settings(max_examples=100, deadline=None)
 @given(config=configs, stream=streams)
-def test_event_sequences_are_well_formed(
-    config: DetectorConfig, stream: list[tuple[str, int, float, int]]
-) -> None:
+def test_event_sequences_are_well_formed(config: DetectorConfig, stream: list[Draw]) -> None:
     det = Detector(config, threshold=1.0, features=FEATS, model=MODEL)
     events = run(det, [windows_of(stream)])
     last: dict[str, AlertEvent] = {}

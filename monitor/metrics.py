@@ -82,6 +82,12 @@ class Metrics:
         self.windows_scored = Counter(
             f"{p}_windows_scored_total", "Windows scored by the model.", registry=r
         )
+        self.windows_held = Counter(
+            f"{p}_windows_held_total",
+            "Scored windows in which detector.hold's sensor showed the asset stopped, stopping "
+            "or starting: they open no alert (nor do those in the hold time after them).",
+            registry=r,
+        )
         self.scoring_batch_size = Histogram(
             f"{p}_scoring_batch_size",
             "Windows per ONNX Runtime call.",

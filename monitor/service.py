@@ -1196,6 +1196,8 @@ class Service(Lifecycle):
         if self.settings.scores.topic:
             out.scores.extend(_score_messages(assets, ts_ms, scores))
 
+        if held is not None:
+            out.count(m.windows_held, int(np.count_nonzero(held)))
         events = detector.observe(assets, ts_ms, scores, errors, held)
         for event in events:
             out.count(m.alert_events.labels(event.event.value, event.severity.value))

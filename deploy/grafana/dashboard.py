@@ -115,6 +115,10 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                         "{{result}}",
                     ),
                     Target(f"sum(rate(plantwatch_windows_scored_total{{{SEL}}}[{RI}]))", "scored"),
+                    Target(
+                        f"sum(rate(plantwatch_windows_held_total{{{SEL}}}[{RI}]))",
+                        "held (detector.hold)",
+                    ),
                 ),
                 unit="reqps",
             ),

@@ -52,7 +52,8 @@ class Metrics:
         r = registry
         self.readings = Counter(
             f"{p}_readings_total",
-            "Readings consumed, by result (ok, invalid, late, duplicate, asset_limit).",
+            "Readings consumed, by result (ok, invalid, late, duplicate, asset_limit; other_asset: "
+            "messages skipped under input.other_assets: skip).",
             ["result"],
             registry=r,
         )

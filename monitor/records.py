@@ -154,6 +154,9 @@ class Rejection:
 
     reason: RejectReason
     detail: str
+    #: Well-formed, and all of it for one asset that ``asset_patterns`` does not match: the
+    #: service may skip it (``input.other_assets: skip``) instead of dead-lettering it.
+    other_asset: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,9 +210,9 @@ class DecoderConfig:
 class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes the decoder
     """Raised inside the decoder; :meth:`Decoder.decode` turns it into a :class:`Rejection`."""
 
-    def __init__(self, reason: RejectReason, detail: str) -> None:
+    def __init__(self, reason: RejectReason, detail: str, *, other_asset: bool = False) -> None:
         super().__init__(detail)
-        self.rejection = Rejection(reason, _clip(detail))
+        self.rejection = Rejection(reason, _clip(detail), other_asset)
 
 
 def _json_loads(text: str) -> Any:
@@ -663,8 +666,14 @@ class Decoder:
             self._asset_cache[asset] = cached
         if cached is None:
             return
-        # The cached detail has no reading index; re-raise with this one.
-        raise _Reject(cached.rejection.reason, _at(where) + cached.rejection.detail)
+        # The cached detail has no reading index; re-raise with this one. The message is all
+        # for this asset where it is keyed (the key must match every reading's asset) or where
+        # the asset is the message's own (a single reading, a binary header: ``where`` < 0).
+        raise _Reject(
+            cached.rejection.reason,
+            _at(where) + cached.rejection.detail,
+            other_asset=cached.rejection.other_asset and (key is not None or where < 0),
+        )
 
     def _judge_asset(self, asset: str) -> _Reject | None:
         if not asset:
@@ -679,6 +688,7 @@ class Decoder:
             return _Reject(
                 RejectReason.UNKNOWN_ASSET,
                 f"asset {_show(asset)} is not allowed by the configured asset patterns",
+                other_asset=True,
             )
         return None
 

@@ -57,7 +57,7 @@ from monitor.lifecycle import Lifecycle
 from monitor.metrics import Metrics
 from monitor.model import LoadedModel, ModelManager
 from monitor.notify import Notifier
-from monitor.records import DecodedBatch, Decoder, DecoderConfig
+from monitor.records import DecodedBatch, Decoder, DecoderConfig, Rejection
 from monitor.windows import ReadyBatch, WindowStore
 from monitor.windows import RejectReason as WindowReject
 
@@ -161,6 +161,8 @@ class _Tally:
 
     ok: int = 0
     invalid: int = 0
+    #: Messages of assets outside ``input.asset_patterns``, skipped (``other_assets: skip``).
+    other_assets: int = 0
     carried: int = 0
     resets: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -820,7 +822,12 @@ class Service(Lifecycle):
         except BaseException:
             self._abandon_scoring()
             raise
-        outcomes = (("ok", tally.ok), ("invalid", tally.invalid), *tally.rejected.items())
+        outcomes = (
+            ("ok", tally.ok),
+            ("invalid", tally.invalid),
+            ("other_asset", tally.other_assets),
+            *tally.rejected.items(),
+        )
         for outcome, count in outcomes:
             out.count(m.readings.labels(outcome), count)
         for kind, count in (("carried_forward", tally.carried), ("window_reset", tally.resets)):
@@ -885,10 +892,7 @@ class Service(Lifecycle):
                     tally.resets += result.resets
                     for i, rejection in decoded.rejections:
                         if lo <= i < hi:
-                            tally.invalid += 1
-                            self._dead_letter(
-                                out, records[i], rejection.reason.value, rejection.detail
-                            )
+                            self._refuse(out, records[i], rejection, tally)
             # Scored whenever a chunk's worth is pending: memory stays bounded (a getmany of
             # batch messages can hold several 100,000 readings, a window each).
             if p.store.pending >= self._chunk_readings():
@@ -1069,8 +1073,7 @@ class Service(Lifecycle):
             rejection = rejections.get(i)
             if rejection is not None:
                 if not replay:
-                    tally.invalid += 1
-                    self._dead_letter(out, record, rejection.reason.value, rejection.detail)
+                    self._refuse(out, record, rejection, tally)
                 continue
             rejected: Counter[WindowReject] | None = None
             for block in decoded.blocks(i):
@@ -1213,6 +1216,21 @@ class Service(Lifecycle):
             )
         m.open_alerts.set(detector.open_alerts())
         out.alerts.extend(events)
+
+    def _refuse(
+        self,
+        out: _Outgoing,
+        record: ConsumerRecord[bytes, bytes],
+        rejection: Rejection,
+        tally: _Tally,
+    ) -> None:
+        """A message the decoder refused: dead-lettered with the reason, or, another group's
+        asset under ``input.other_assets: skip``, only counted."""
+        if rejection.other_asset and self.settings.input.other_assets == "skip":
+            tally.other_assets += 1
+            return
+        tally.invalid += 1
+        self._dead_letter(out, record, rejection.reason.value, rejection.detail)
 
     def _dead_letter(
         self, out: _Outgoing, record: ConsumerRecord[bytes, bytes], reason: str, detail: str

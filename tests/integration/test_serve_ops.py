@@ -166,6 +166,69 @@ async def test_bad_input_is_dead_lettered_and_good_readings_keep_flowing(
     assert info["provider"] == "CPUExecutionProvider"
 
 
+async def test_services_for_asset_groups_share_a_topic_and_skip_each_others_assets(
+    kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path
+) -> None:
+    """input.other_assets: skip: one service per asset group (own bundle, own consumer group)
+    on one readings topic; each scores its own assets and only counts the others', and a
+    malformed record is still dead-lettered."""
+    readings, alerts = await new_topic(partitions=2), await new_topic(partitions=1)
+    ts, values = _good_readings(100)
+    groups = {"pump-*": "pump-01", "compressor-*": "compressor-01"}
+    dead_letters = {pattern: await new_topic(partitions=1) for pattern in groups}
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for t, v in zip(ts, values, strict=True):
+            for asset in groups.values():
+                await producer.send(readings, encode_json_reading(asset, t, v), key=asset.encode())
+        await producer.send(readings, b"\x00not json", key=b"pump-01")
+        await producer.flush()
+    finally:
+        await producer.stop()
+    sent = 2 * len(ts) + 1
+
+    for pattern, asset in groups.items():
+        settings = settings_for(
+            kafka_bootstrap,
+            plant_bundle,
+            readings=readings,
+            alerts=alerts,
+            dead_letter=dead_letters[pattern],
+            input={"asset_patterns": [pattern], "other_assets": "skip"},
+        )
+        async with running(settings) as service:
+            await wait_consumed(service, readings, sent)
+            ok = sample(service, "plantwatch_readings_total", {"result": "ok"})
+            other = sample(service, "plantwatch_readings_total", {"result": "other_asset"})
+            invalid = sample(service, "plantwatch_readings_total", {"result": "invalid"})
+            scored = sample(service, "plantwatch_windows_scored_total")
+            store = service.pipeline.store
+            tracked = (len(store), asset in store)
+        assert (ok, other, invalid) == (len(ts), len(ts), 1), pattern
+        assert scored == len(ts) - 31
+        assert tracked == (1, True)
+        [record] = await read_topic(kafka_bootstrap, dead_letters[pattern])
+        assert dict(record.headers)["plantwatch.reason"] == b"undecodable"
+
+    # Without skip, the other group's assets are dead letters (a stray asset is a mistake).
+    dlq = await new_topic(partitions=1)
+    settings = settings_for(
+        kafka_bootstrap,
+        plant_bundle,
+        readings=readings,
+        alerts=alerts,
+        dead_letter=dlq,
+        input={"asset_patterns": ["pump-*"]},
+    )
+    async with running(settings) as service:
+        await wait_consumed(service, readings, sent)
+    reasons = Counter(
+        dict(r.headers)["plantwatch.reason"] for r in await read_topic(kafka_bootstrap, dlq)
+    )
+    assert reasons == {b"unknown_asset": len(ts), b"undecodable": 1}
+
+
 async def test_readyz_follows_partition_ownership(
     kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path
 ) -> None:

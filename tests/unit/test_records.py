@@ -326,6 +326,41 @@ def test_unknown_asset_binary_and_in_batches() -> None:
     assert rejected(decoder.decode(None, dumps(batch)), "unknown_asset").startswith("reading 2:")
 
 
+def test_other_asset_marks_messages_all_for_one_unmatched_asset() -> None:
+    """``input.other_assets: skip`` may skip a message only when all of it is for one asset
+    the patterns do not match; anything else that names such an asset is dead-lettered."""
+    decoder = make(asset_patterns=("pump-*",))
+    whole = [
+        (None, dumps(reading("tank-1"))),
+        (b"tank-1", dumps([reading("tank-1"), reading("tank-1", T0 + 1)])),
+        (None, binary(asset="tank-1")),
+        (b"tank-1", binary(asset="tank-1")),
+    ]
+    for key, value in whole * 2:  # the second time from the verdict cache
+        result = decoder.decode(key, value)
+        rejected(result, RejectReason.UNKNOWN_ASSET)
+        assert isinstance(result, Rejection)
+        assert result.other_asset
+    not_other = [
+        # Unkeyed, mixing assets: the pump's reading would be lost with it.
+        (None, dumps([reading("pump-1"), reading("tank-1", T0 + 1)])),
+        (None, dumps([reading("tank-1"), reading("tank-2", T0 + 1)])),
+        (None, dumps(reading("pump-\x00"))),  # unprintable: malformed, not another group's
+        (b"pump-1", dumps(reading("tank-1"))),  # key mismatch
+        (None, dumps(reading("pump-1", values={"temperature": 1.0}))),  # malformed pump reading
+    ]
+    for key, value in not_other * 2:
+        result = decoder.decode(key, value)
+        assert isinstance(result, Rejection), result
+        assert not result.other_asset, result
+    # Through decode_many (the service's path) as well.
+    batch = decoder.decode_many([None, None], [dumps(reading("tank-1")), dumps(reading("pump-1"))])
+    assert len(batch) == 1
+    [(i, rejection)] = batch.rejections
+    assert i == 0
+    assert rejection.other_asset
+
+
 @pytest.mark.parametrize(
     "ts",
     [

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from training.calibrate import RULES, SENSOR_WEIGHTINGS
-from training.evaluate import AlertOptions, EvaluationResult, ModelOptions, evaluate
+from training.evaluate import AlertOptions, EvaluationResult, GenericOptions, ModelOptions, evaluate
 from training.evaluate.protocols import slug
 from training.evaluate.simdata import SimDataset, write_sim_dataset
 from training.flatline import FLATLINE_MODES
@@ -234,7 +234,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                     label = f"sim-{family}-w{args.window or 'default'}{tag}"
                     t0, c0 = time.perf_counter(), time.process_time()
                     load0 = _load()
-                    result = evaluate("generic", data, model=model, alerts=alerts)
+                    result = evaluate(
+                        "generic",
+                        data,
+                        model=model,
+                        alerts=alerts,
+                        generic=GenericOptions(
+                            asset_groups=tuple(g for g in args.sim_asset_groups.split(",") if g)
+                        ),
+                    )
                     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
                     _record(args.log, "sim", label, result, wall, cpu, seed=seed, load_before=load0)
                     shown = {k: round(result.figures.get(k, math.nan), 3) for k in SIM_KEYS}
@@ -432,6 +440,11 @@ def main() -> int:
     r.add_argument("--skab-families", default="dense")
     r.add_argument("--sim", action="store_true", help="also run the simulator generic data set")
     r.add_argument("--sim-families", default="dense,conv,lstm,vae,pca")
+    r.add_argument(
+        "--sim-asset-groups",
+        default="",
+        help="e.g. 'pump-*,compressor-*': a bundle per group (evaluate --asset-groups)",
+    )
     r.add_argument(
         "--sim-test-seed",
         type=int,

@@ -643,6 +643,13 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--bundle", type=Path, help="generic: evaluate this bundle, do not train")
     p.add_argument(
+        "--asset-groups",
+        type=csv_list,
+        default=(),
+        help="generic: asset patterns, e.g. 'pump-*,compressor-*': one bundle per group, each "
+        "series scored by its group's (one service per group, input.other_assets: skip)",
+    )
+    p.add_argument(
         "--via-kafka",
         action="store_true",
         help="generic: also stream the test files through Kafka and a real serve, and check "
@@ -669,6 +676,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         ) from None
     if args.via_kafka and args.protocol != "generic":
         raise ConfigError("--via-kafka replays the generic protocol's test files only")
+    if args.asset_groups and (args.protocol != "generic" or args.via_kafka or args.bundle):
+        raise ConfigError(
+            "--asset-groups is for the generic protocol, without --via-kafka or --bundle"
+        )
     if args.threads:
         import torch
 
@@ -711,6 +722,7 @@ def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
             asset_column=args.asset_column or None,
             ignore_columns=tuple(args.ignore_columns or ()),
             bundle=args.bundle,
+            asset_groups=tuple(args.asset_groups),
         ),
         work_dir=work,
         progress=lambda line: print(f"  {line}", file=sys.stderr),

@@ -195,6 +195,50 @@ def test_the_hold_keeps_held_windows_from_opening_alerts(tmp_path: Path) -> None
         evaluate("generic", data, alerts=AlertOptions(hold_sensor="speed"), generic=bundle)
 
 
+def test_asset_groups_train_a_bundle_each_and_score_each_series_with_its_own(
+    tmp_path: Path,
+) -> None:
+    from monitor.bundle import load_bundle
+    from monitor.errors import DataError
+    from training.evaluate import GenericOptions
+
+    data = _small_sim(tmp_path)
+    options = {"model": ModelOptions(window=16, epochs=3), "alerts": AlertOptions(k=20, n=30, m=30)}
+    groups = ("compressor-*", "pump-*")
+    result = evaluate(
+        "generic",
+        data,
+        generic=GenericOptions(asset_groups=groups),
+        work_dir=tmp_path / "work",
+        **options,
+    )
+    assert set(result.bundles) == set(groups)
+    bundles = {g: load_bundle(path) for g, path in result.bundles.items()}
+    assert bundles["pump-*"].manifest.training_data.assets == ("pump-01",)
+    assert bundles["compressor-*"].manifest.training_data.assets == ("compressor-01",)
+    thresholds = {g: b.manifest.threshold.value for g, b in bundles.items()}
+    assert thresholds["pump-*"] != thresholds["compressor-*"]
+    by_asset = {r.series.asset: r for r in result.replays}
+    assert by_asset["pump-01"].threshold == thresholds["pump-*"]
+    assert by_asset["compressor-01"].threshold == thresholds["compressor-*"]
+    assert result.options["asset_groups"] == list(groups)
+    # Scores of different bundles are pooled in units of their own thresholds.
+    from training.evaluate import metrics
+
+    relative = np.concatenate([r.score / r.threshold for r in result.replays])
+    labels = np.concatenate([r.series.labels for r in result.replays])
+    assert result.figures["roc_auc"] == pytest.approx(metrics.roc_auc(relative, labels))
+    # A test series in no group is a mistake, named in one line.
+    with pytest.raises(DataError, match=r"asset 'compressor-01' is in none of the asset groups"):
+        evaluate(
+            "generic",
+            data,
+            generic=GenericOptions(asset_groups=("pump-*",)),
+            work_dir=tmp_path / "work-pumps",
+            **options,
+        )
+
+
 @pytest.mark.kafka
 def test_offline_and_online_agree_via_kafka(tmp_path: Path, kafka_bootstrap: str) -> None:
     """The same test files through Kafka and a real Service: same scores, same alert events."""

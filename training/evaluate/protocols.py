@@ -6,6 +6,7 @@ the service path (:mod:`training.evaluate.runner`) and compute the figures.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -170,6 +171,11 @@ class GenericOptions:
     interval_s: float | None = None
     #: Evaluate this existing bundle instead of training one on ``train/``.
     bundle: Path | None = None
+    #: fnmatch patterns of asset groups (say ``pump-*``, ``compressor-*``): one bundle is
+    #: trained per group on its assets' rows, and each test series is scored by its group's
+    #: bundle, the first pattern its asset matches (as services with ``input.asset_patterns``
+    #: would). Empty: one bundle for every asset.
+    asset_groups: tuple[str, ...] = ()
 
 
 @dataclass
@@ -289,6 +295,7 @@ def _train(
     asset_column: str | None,
     label_column: str,
     interval_s: float | None,
+    assets: str | None = None,
 ) -> Bundle:
     from training.calibrate import rule_from_options
     from training.fit import FitConfig
@@ -307,6 +314,7 @@ def _train(
         asset_column=asset_column,
         label_column=label_column,
         interval_s=interval_s,
+        assets=assets,
         validation_fraction=model.validation_fraction,
         threshold=rule_from_options(
             model.threshold_rule,
@@ -535,9 +543,15 @@ def _generic(
 ) -> EvaluationResult:
     model = _resolved(model, "generic")
     tests = _csv_files(root / "test")
+    groups = opts.asset_groups
+    if groups and opts.bundle is not None:
+        raise ConfigError("asset groups train a bundle each; they cannot use a given bundle")
+    if groups and (opts.asset_column is None):
+        raise ConfigError("asset groups need the asset column")
+    bundles: dict[str, Bundle] = {}
     if opts.bundle is not None:
-        bundle = load_bundle(opts.bundle)
-        say(f"using bundle {bundle.path}")
+        bundles[""] = load_bundle(opts.bundle)
+        say(f"using bundle {bundles[''].path}")
     else:
         trains = _csv_files(root / "train")
         first = _read_csv(trains[0], opts.separator)
@@ -551,39 +565,60 @@ def _generic(
             data.mkdir(parents=True, exist_ok=True)
             for f in trains:
                 _read_csv(f, opts.separator).to_csv(data / f.name, index=False)
-        bundle = _train(
-            data,
-            work / "bundle",
-            model,
-            name=f"{root.name}-{model.family}",
-            columns=features,
-            timestamp_column=opts.timestamp_column,
-            asset_column=opts.asset_column,
-            label_column=opts.label_column,
-            interval_s=opts.interval_s,
-        )
-        say(
-            f"trained {bundle.manifest.model.name}: threshold {bundle.manifest.threshold.value:.4g}"
-        )
-    m = bundle.manifest
+        for i, group in enumerate(groups or ("",)):
+            bundle = _train(
+                data,
+                work / (f"bundle-{i}" if groups else "bundle"),
+                model,
+                name=f"{root.name}-{model.family}" + (f"-{slug(group)}" if groups else ""),
+                columns=features,
+                timestamp_column=opts.timestamp_column,
+                asset_column=opts.asset_column,
+                label_column=opts.label_column,
+                interval_s=opts.interval_s,
+                assets=group or None,
+            )
+            bundles[group] = bundle
+            say(
+                f"trained {bundle.manifest.model.name}: threshold "
+                f"{bundle.manifest.threshold.value:.4g}"
+            )
+    first_bundle = next(iter(bundles.values()))
+    m = first_bundle.manifest
     window = m.window.length
     if model.window != window:
         model = ModelOptions(**{**asdict(model), "window": window})
     detector = alerts.detector(window)
     if alerts.mode == "reference":
         raise ConfigError("the reference alert rule is defined for the skab protocol only")
-    scorer = Scorer(bundle, device="cpu")
+    scorers = {group: Scorer(bundle, device="cpu") for group, bundle in bundles.items()}
     hold = alerts.hold(m.features)
     replays: list[Replay] = []
     for file in tests:
         for series in _generic_series(file, opts, m.features, m.sampling_interval_s):
-            r = replay(scorer, series, detector, hold=hold)
+            group = _group_of(series.asset, groups, file) if groups else ""
+            r = replay(scorers[group], series, detector, hold=hold)
             replays.append(r)
             c = metrics.confusion(series.labels, r.flagged)
             say(f"{series.name}: {len(r.alerts)} alerts, F1 {c.f1:.3f}, FAR {c.far_pct:.1f} %")
     figures = _generic_figures(replays, m.features)
-    options = _options("generic", model, alerts, {"data": str(root), "bundle": str(bundle.path)})
-    return EvaluationResult("generic", figures, replays, options, 0.0, {"bundle": str(bundle.path)})
+    paths = {group or "bundle": str(b.path) for group, b in bundles.items()}
+    extra: dict[str, Any] = {"data": str(root)}
+    if groups:
+        extra["asset_groups"] = list(groups)
+        extra["bundles"] = paths
+    else:
+        extra["bundle"] = paths["bundle"]
+    options = _options("generic", model, alerts, extra)
+    return EvaluationResult("generic", figures, replays, options, 0.0, paths)
+
+
+def _group_of(asset: str | None, groups: Sequence[str], file: Path) -> str:
+    """The first of ``groups`` (fnmatch patterns) that ``asset`` matches."""
+    for group in groups:
+        if asset is not None and fnmatch.fnmatchcase(asset, group):
+            return group
+    raise DataError(f"{file}: asset {asset!r} is in none of the asset groups ({', '.join(groups)})")
 
 
 def _generic_series(
@@ -610,16 +645,16 @@ def _generic_series(
             for v in frame["fault_sensors"]
         ]
     asset = opts.asset_column
-    groups: list[tuple[str, npt.NDArray[np.intp]]]
+    groups: list[tuple[str, str | None, npt.NDArray[np.intp]]]
     if asset is not None and asset in frame.columns:
         keys = frame[asset].astype(str).to_numpy()
         groups = [
-            (f"{file.stem}/{k}", np.flatnonzero(keys == k)) for k in sorted(set(keys.tolist()))
+            (f"{file.stem}/{k}", k, np.flatnonzero(keys == k)) for k in sorted(set(keys.tolist()))
         ]
     else:
-        groups = [(file.stem, np.arange(len(frame)))]
+        groups = [(file.stem, None, np.arange(len(frame)))]
     out = []
-    for name, idx in groups:
+    for name, asset_id, idx in groups:
         order = idx[np.argsort(ts_ms[idx], kind="stable")]
         ts = ts_ms[order]
         keep = np.concatenate(([True], np.diff(ts) > 0)) if ts.size else np.zeros(0, dtype=bool)
@@ -635,13 +670,19 @@ def _generic_series(
                 values=values[order],
                 labels=labels[order],
                 fault_sensors=tuple(truth[i] for i in order.tolist()) if truth else (),
+                asset=asset_id,
             )
         )
     return out
 
 
-def _score_figures(replays: Sequence[Replay]) -> dict[str, float]:
-    scores = np.concatenate([r.score[r.series.evaluate_from :] for r in replays])
+def _score_figures(replays: Sequence[Replay], *, relative: bool = False) -> dict[str, float]:
+    """ROC and PR AUC and the detection rate at 5 % FAR of the pooled window scores; with
+    ``relative``, each in units of its bundle's threshold (series scored by bundles with their
+    own thresholds; with one bundle the figures are the same either way)."""
+    scores = np.concatenate(
+        [r.score[r.series.evaluate_from :] / (r.threshold if relative else 1.0) for r in replays]
+    )
     labels = np.concatenate([r.series.labels[r.series.evaluate_from :] for r in replays])
     return {
         "roc_auc": metrics.roc_auc(scores, labels),
@@ -668,7 +709,7 @@ def _generic_figures(replays: Sequence[Replay], features: Sequence[str]) -> dict
         "event.alerts": float(events.alerts),
         "mean_detection_delay_steps": events.mean_delay,
     }
-    figures.update(_score_figures(replays))
+    figures.update(_score_figures(replays, relative=True))
     if any(r.series.fault_sensors for r in replays):
         by_alert, by_window = attribution(replays, features)
         figures.update(

@@ -65,6 +65,8 @@ class Series:
     evaluate_from: int = 0
     #: Per-point timestamps in seconds for time-based scoring (NAB); default ``ts_ms / 1000``.
     times_s: npt.NDArray[np.float64] | None = None
+    #: The asset the readings come from, where the data names one.
+    asset: str | None = None
 
     def __post_init__(self) -> None:
         n = self.ts_ms.shape[0]

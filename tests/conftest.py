@@ -125,6 +125,20 @@ def plant_bundle(plant_normal: Path) -> Path:
     return _train_plant(plant_normal, plant_normal.parent / "bundle")
 
 
+#: One bundle per kind of machine in the plant (``train --assets``), first match wins.
+PLANT_GROUPS = ("pump-*", "compressor-*")
+
+
+@pytest.fixture(scope="session")
+def plant_bundles_by_group(plant_normal: Path) -> dict[str, Path]:
+    """The same model and settings as ``plant_bundle``, trained once per group of
+    :data:`PLANT_GROUPS` on that group's assets only."""
+    return {
+        group: _train_plant(plant_normal, plant_normal.parent / f"bundle-{i}", assets=group)
+        for i, group in enumerate(PLANT_GROUPS)
+    }
+
+
 @pytest.fixture(scope="session")
 def plant_bundle_bias(plant_normal: Path) -> Path:
     """The same model (same seed) with the residual bias check at ``--bias-factor 1.25``

@@ -647,7 +647,7 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=csv_list,
         default=(),
         help="generic: asset patterns, e.g. 'pump-*,compressor-*': one bundle per group, each "
-        "series scored by its group's (one service per group, input.other_assets: skip)",
+        "series scored by its group's (one service per group: input.other_asset_patterns)",
     )
     p.add_argument(
         "--via-kafka",

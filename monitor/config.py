@@ -63,11 +63,11 @@ class InputSettings(_Section):
     format: Literal["auto", "json", "binary"] = "auto"
     #: fnmatch patterns of accepted asset ids; empty accepts any.
     asset_patterns: tuple[str, ...] = ()
-    #: A message of an asset the patterns do not match: ``dead_letter`` (the default: a
-    #: stray asset is a producer's mistake) or ``skip``, counted but not dead-lettered, where
-    #: several services share one readings topic, each with its own bundle for a group of
-    #: assets (say pumps and compressors) and its own ``group_id``.
-    other_assets: Literal["dead_letter", "skip"] = "dead_letter"
+    #: fnmatch patterns of assets other services own, where several share one readings topic,
+    #: each with its own bundle for a group of assets (say pumps and compressors) and its own
+    #: ``group_id``: their messages are counted and skipped, not dead-lettered. An asset
+    #: neither these nor ``asset_patterns`` match is still dead-lettered, so none goes unseen.
+    other_asset_patterns: tuple[str, ...] = ()
     allow_extra_sensors: bool = False
     max_message_bytes: int = Field(default=1_048_576, ge=64)
     max_batch_readings: int = Field(default=10_000, ge=1)
@@ -93,9 +93,9 @@ class InputSettings(_Section):
     def _topics(self) -> InputSettings:
         if not self.topics:
             raise ValueError("at least one topic is needed")
-        if self.other_assets == "skip" and not self.asset_patterns:
+        if self.other_asset_patterns and not self.asset_patterns:
             raise ValueError(
-                "other_assets: skip needs asset_patterns (without them no asset is other)"
+                "other_asset_patterns needs asset_patterns (without them no asset is another's)"
             )
         return self
 

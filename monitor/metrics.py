@@ -53,7 +53,7 @@ class Metrics:
         self.readings = Counter(
             f"{p}_readings_total",
             "Readings consumed, by result (ok, invalid, late, duplicate, asset_limit; other_asset: "
-            "messages skipped under input.other_assets: skip).",
+            "messages of other services' assets, skipped: input.other_asset_patterns).",
             ["result"],
             registry=r,
         )

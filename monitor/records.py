@@ -154,8 +154,8 @@ class Rejection:
 
     reason: RejectReason
     detail: str
-    #: Well-formed, and all of it for one asset that ``asset_patterns`` does not match: the
-    #: service may skip it (``input.other_assets: skip``) instead of dead-lettering it.
+    #: All of it for one asset that ``other_asset_patterns`` match (another service's): the
+    #: service counts and skips it instead of dead-lettering it.
     other_asset: bool = False
 
 
@@ -201,10 +201,19 @@ class DecoderConfig:
     #: auto: JSON if the first non-whitespace byte is ``{`` or ``[``, binary if the magic matches.
     format: Literal["auto", "json", "binary"] = "auto"
     asset_patterns: tuple[str, ...] = ()  # fnmatch patterns (case-sensitive); empty => any
+    #: Assets ``asset_patterns`` leave out that another service owns (fnmatch, case-sensitive).
+    other_asset_patterns: tuple[str, ...] = ()
     max_message_bytes: int = 1_048_576
     max_batch_readings: int = 10_000
     max_asset_id_length: int = 128  # characters (JSON) or UTF-8 bytes (binary)
     allow_extra_sensors: bool = False  # True: unknown sensors are ignored instead of rejected
+
+
+def _patterns(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex matching any of the fnmatch ``patterns`` (None for none)."""
+    if not patterns:
+        return None
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns))
 
 
 class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes the decoder
@@ -308,11 +317,8 @@ class Decoder:
         self._max_batch = config.max_batch_readings
         self._max_asset = config.max_asset_id_length
         self._allow_extra = config.allow_extra_sensors
-        self._asset_re = (
-            re.compile("|".join(fnmatch.translate(p) for p in config.asset_patterns))
-            if config.asset_patterns
-            else None
-        )
+        self._asset_re = _patterns(config.asset_patterns)
+        self._other_re = _patterns(config.other_asset_patterns)
         # asset id -> None (allowed) or the rejection; asset ids repeat, regexes are not free.
         self._asset_cache: dict[str, _Reject | None] = {}
         # Keys and (key, asset) pairs that passed the fast path's checks: a run's pairs are
@@ -685,10 +691,15 @@ class Decoder:
                 RejectReason.UNKNOWN_ASSET, f"asset id {_show(asset)} has unprintable characters"
             )
         if self._asset_re is not None and self._asset_re.match(asset) is None:
+            if self._other_re is not None and self._other_re.match(asset) is not None:
+                return _Reject(
+                    RejectReason.UNKNOWN_ASSET,
+                    f"asset {_show(asset)} is another service's (other_asset_patterns)",
+                    other_asset=True,
+                )
             return _Reject(
                 RejectReason.UNKNOWN_ASSET,
                 f"asset {_show(asset)} is not allowed by the configured asset patterns",
-                other_asset=True,
             )
         return None
 

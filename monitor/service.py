@@ -161,7 +161,7 @@ class _Tally:
 
     ok: int = 0
     invalid: int = 0
-    #: Messages of assets outside ``input.asset_patterns``, skipped (``other_assets: skip``).
+    #: Messages of other services' assets (``input.other_asset_patterns``), skipped.
     other_assets: int = 0
     carried: int = 0
     resets: int = 0
@@ -320,6 +320,7 @@ class Service(Lifecycle):
                 features=manifest.features,
                 format=s.input.format,
                 asset_patterns=s.input.asset_patterns,
+                other_asset_patterns=s.input.other_asset_patterns,
                 max_message_bytes=s.input.max_message_bytes,
                 max_batch_readings=s.input.max_batch_readings,
                 allow_extra_sensors=s.input.allow_extra_sensors,
@@ -1224,9 +1225,9 @@ class Service(Lifecycle):
         rejection: Rejection,
         tally: _Tally,
     ) -> None:
-        """A message the decoder refused: dead-lettered with the reason, or, another group's
-        asset under ``input.other_assets: skip``, only counted."""
-        if rejection.other_asset and self.settings.input.other_assets == "skip":
+        """A message the decoder refused: dead-lettered with the reason, or, all for another
+        service's asset (``input.other_asset_patterns``), only counted."""
+        if rejection.other_asset:
             tally.other_assets += 1
             return
         tally.invalid += 1

@@ -168,7 +168,7 @@ def test_a_bundle_per_kind_of_machine_finds_what_one_for_the_plant_misses(
 ) -> None:
     """One scaler over a compressor and pumps squeezes each pump's flow and current into a
     sliver of normalised space (bench/results/detection.md, session 14); a bundle per kind
-    of machine, as services with input.asset_patterns and other_assets: skip would run them."""
+    of machine, as services with input.asset_patterns and other_asset_patterns would run them."""
     far0, recall0, detected0, _ = _summary(*scored[:2])
     far, recall, detected, report = _summary(*scored_by_group[:2])
     report = (

@@ -169,9 +169,9 @@ async def test_bad_input_is_dead_lettered_and_good_readings_keep_flowing(
 async def test_services_for_asset_groups_share_a_topic_and_skip_each_others_assets(
     kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path
 ) -> None:
-    """input.other_assets: skip: one service per asset group (own bundle, own consumer group)
-    on one readings topic; each scores its own assets and only counts the others', and a
-    malformed record is still dead-lettered."""
+    """One service per asset group (own bundle, own consumer group) on one readings topic, with
+    input.other_asset_patterns naming the other group: each scores its own assets and only
+    counts the other's; an asset of no group and a malformed record are still dead-lettered."""
     readings, alerts = await new_topic(partitions=2), await new_topic(partitions=1)
     ts, values = _good_readings(100)
     groups = {"pump-*": "pump-01", "compressor-*": "compressor-01"}
@@ -183,19 +183,22 @@ async def test_services_for_asset_groups_share_a_topic_and_skip_each_others_asse
             for asset in groups.values():
                 await producer.send(readings, encode_json_reading(asset, t, v), key=asset.encode())
         await producer.send(readings, b"\x00not json", key=b"pump-01")
+        stray = encode_json_reading("boiler-9", ts[0], values[0])
+        await producer.send(readings, stray, key=b"boiler-9")
         await producer.flush()
     finally:
         await producer.stop()
-    sent = 2 * len(ts) + 1
+    sent = 2 * len(ts) + 2
 
     for pattern, asset in groups.items():
+        others = [p for p in groups if p != pattern]
         settings = settings_for(
             kafka_bootstrap,
             plant_bundle,
             readings=readings,
             alerts=alerts,
             dead_letter=dead_letters[pattern],
-            input={"asset_patterns": [pattern], "other_assets": "skip"},
+            input={"asset_patterns": [pattern], "other_asset_patterns": others},
         )
         async with running(settings) as service:
             await wait_consumed(service, readings, sent)
@@ -205,13 +208,16 @@ async def test_services_for_asset_groups_share_a_topic_and_skip_each_others_asse
             scored = sample(service, "plantwatch_windows_scored_total")
             store = service.pipeline.store
             tracked = (len(store), asset in store)
-        assert (ok, other, invalid) == (len(ts), len(ts), 1), pattern
+        assert (ok, other, invalid) == (len(ts), len(ts), 2), pattern
         assert scored == len(ts) - 31
         assert tracked == (1, True)
-        [record] = await read_topic(kafka_bootstrap, dead_letters[pattern])
-        assert dict(record.headers)["plantwatch.reason"] == b"undecodable"
+        reasons = {
+            r.value: dict(r.headers)["plantwatch.reason"]
+            for r in await read_topic(kafka_bootstrap, dead_letters[pattern])
+        }
+        assert reasons == {b"\x00not json": b"undecodable", stray: b"unknown_asset"}
 
-    # Without skip, the other group's assets are dead letters (a stray asset is a mistake).
+    # Without other_asset_patterns, the other group's assets are dead letters too.
     dlq = await new_topic(partitions=1)
     settings = settings_for(
         kafka_bootstrap,
@@ -223,10 +229,9 @@ async def test_services_for_asset_groups_share_a_topic_and_skip_each_others_asse
     )
     async with running(settings) as service:
         await wait_consumed(service, readings, sent)
-    reasons = Counter(
-        dict(r.headers)["plantwatch.reason"] for r in await read_topic(kafka_bootstrap, dlq)
-    )
-    assert reasons == {b"unknown_asset": len(ts), b"undecodable": 1}
+    records = await read_topic(kafka_bootstrap, dlq)
+    reasons = Counter(dict(r.headers)["plantwatch.reason"] for r in records)
+    assert reasons == {b"unknown_asset": len(ts) + 1, b"undecodable": 1}
 
 
 async def test_readyz_follows_partition_ownership(

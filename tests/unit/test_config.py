@@ -80,7 +80,10 @@ def test_env_empty_value_is_an_empty_string_not_json() -> None:
         ("model: {path: /m}\nbogus: 1", r"bogus: Extra inputs are not permitted"),
         ("input: {topics: [a]}", r"model: Field required"),
         ("model: {path: /m}\nkafka: {security_protocol: SASL_SSL}", r"needs sasl_mechanism"),
-        ("model: {path: /m}\ninput: {other_assets: skip}", r"input: .*skip needs asset_patterns"),
+        (
+            "model: {path: /m}\ninput: {other_asset_patterns: [a*]}",
+            r"input: .*other_asset_patterns needs asset_patterns",
+        ),
         ("model: [unclosed", r"line 1: invalid YAML"),
         ("- a\n- b", "expected a mapping"),
     ],

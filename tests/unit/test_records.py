@@ -326,10 +326,11 @@ def test_unknown_asset_binary_and_in_batches() -> None:
     assert rejected(decoder.decode(None, dumps(batch)), "unknown_asset").startswith("reading 2:")
 
 
-def test_other_asset_marks_messages_all_for_one_unmatched_asset() -> None:
-    """``input.other_assets: skip`` may skip a message only when all of it is for one asset
-    the patterns do not match; anything else that names such an asset is dead-lettered."""
-    decoder = make(asset_patterns=("pump-*",))
+def test_other_asset_marks_messages_all_for_another_services_asset() -> None:
+    """A message is marked as another service's (skipped, not dead-lettered) only when all of
+    it is for one asset that ``other_asset_patterns`` match; an asset no pattern matches, and
+    anything else that names another's asset, is dead-lettered."""
+    decoder = make(asset_patterns=("pump-*",), other_asset_patterns=("tank-*",))
     whole = [
         (None, dumps(reading("tank-1"))),
         (b"tank-1", dumps([reading("tank-1"), reading("tank-1", T0 + 1)])),
@@ -338,14 +339,16 @@ def test_other_asset_marks_messages_all_for_one_unmatched_asset() -> None:
     ]
     for key, value in whole * 2:  # the second time from the verdict cache
         result = decoder.decode(key, value)
-        rejected(result, RejectReason.UNKNOWN_ASSET)
+        assert "another service's" in rejected(result, RejectReason.UNKNOWN_ASSET)
         assert isinstance(result, Rejection)
         assert result.other_asset
     not_other = [
+        (None, dumps(reading("boiler-9"))),  # nobody's: a producer's mistake
+        (b"boiler-9", binary(asset="boiler-9")),
         # Unkeyed, mixing assets: the pump's reading would be lost with it.
         (None, dumps([reading("pump-1"), reading("tank-1", T0 + 1)])),
         (None, dumps([reading("tank-1"), reading("tank-2", T0 + 1)])),
-        (None, dumps(reading("pump-\x00"))),  # unprintable: malformed, not another group's
+        (None, dumps(reading("tank-\x00"))),  # unprintable: malformed, not another's
         (b"pump-1", dumps(reading("tank-1"))),  # key mismatch
         (None, dumps(reading("pump-1", values={"temperature": 1.0}))),  # malformed pump reading
     ]
@@ -353,6 +356,10 @@ def test_other_asset_marks_messages_all_for_one_unmatched_asset() -> None:
         result = decoder.decode(key, value)
         assert isinstance(result, Rejection), result
         assert not result.other_asset, result
+    # Without other_asset_patterns, no asset is another's.
+    result = make(asset_patterns=("pump-*",)).decode(None, dumps(reading("tank-1")))
+    assert isinstance(result, Rejection)
+    assert not result.other_asset
     # Through decode_many (the service's path) as well.
     batch = decoder.decode_many([None, None], [dumps(reading("tank-1")), dumps(reading("pump-1"))])
     assert len(batch) == 1

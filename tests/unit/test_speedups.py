@@ -298,6 +298,7 @@ BINARY_CONFIGS = [
         max_asset_id_length=6,
         max_message_bytes=200,
         asset_patterns=("pump-*", "泵-*"),
+        other_asset_patterns=("mixer-*",),
     ),
 ]
 BINARY_ASSETS = ["pump-1", "pump-2", "泵-3", "mixer-9", "pump-100000"]

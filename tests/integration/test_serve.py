@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,42 @@ async def _monitor(
                 )
                 or 0.0
             )
+    return await read_alerts(kafka_bootstrap, alerts), figures
+
+
+async def _monitor_by_group(
+    kafka_bootstrap: str, new_topic: NewTopic, bundles: dict[str, Path], sim: PlantSimulator
+) -> tuple[list, dict[str, dict[str, float]]]:
+    """One service per asset group of ``bundles`` (pattern: bundle), side by side on one readings
+    topic, each naming the other groups in input.other_asset_patterns; one alerts topic."""
+    readings = await new_topic(partitions=3)
+    alerts = await new_topic(partitions=1)
+    dlq = await new_topic(partitions=1)
+    produced = await produce(sim, kafka_bootstrap, readings)
+    figures: dict[str, dict[str, float]] = {}
+    async with AsyncExitStack() as stack:
+        services = {}
+        for group, bundle in bundles.items():
+            others = [g for g in bundles if g != group]
+            settings = settings_for(
+                kafka_bootstrap,
+                bundle,
+                readings=readings,
+                alerts=alerts,
+                dead_letter=dlq,
+                input={"asset_patterns": [group], "other_asset_patterns": others},
+            )
+            services[group] = await stack.enter_async_context(running(settings))
+        for group, service in services.items():
+            await wait_consumed(service, readings, produced)
+            figures[group] = {
+                result: service.registry.get_sample_value(
+                    "plantwatch_readings_total", {"result": result}
+                )
+                or 0.0
+                for result in ("ok", "other_asset", "invalid")
+            }
+            figures[group]["produced"] = produced
     return await read_alerts(kafka_bootstrap, alerts), figures
 
 
@@ -142,6 +179,32 @@ async def test_a_start_up_hold_keeps_the_bias_check_from_false_alerts(
     assert_alert_sequences(events)
 
 
+async def test_a_service_per_kind_of_machine_on_one_topic(
+    kafka_bootstrap: str, new_topic: NewTopic, plant_bundles_by_group: dict[str, Path]
+) -> None:
+    """The fault stream through a pump service and a compressor service side by side, each with
+    the bundle trained on its kind (bench/results/detection.md, session 14)."""
+    sim = _fault_stream()
+    events, figures = await _monitor_by_group(
+        kafka_bootstrap, new_topic, plant_bundles_by_group, sim
+    )
+    # Every reading is scored by exactly one service and passed over by the other.
+    produced = figures["pump-*"]["produced"]
+    assert figures["pump-*"]["ok"] + figures["compressor-*"]["ok"] == produced, figures
+    for group in figures.values():
+        assert group["ok"] + group["other_asset"] == produced, figures
+        assert group["invalid"] == 0
+    matched, false_alerts, report = _match(events, sim)
+    print("\n".join(report))
+    # Measured: all six faults, no false alert (one bundle for the plant: 4 of 6). The leak and
+    # the valve step are what the plant-wide scaler hid.
+    for fault in sim.faults:
+        if fault.kind in (*CLEAR_FAULTS, "leak", "valve_step"):
+            assert fault in matched, f"{fault.kind} on {fault.asset} raised no alert\n{report}"
+    assert false_alerts <= 1, report
+    assert_alert_sequences(events)
+
+
 async def test_normal_stream_raises_no_alerts(
     kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path
 ) -> None:
@@ -152,4 +215,22 @@ async def test_normal_stream_raises_no_alerts(
     opened = [e for e in events if e.event is EventType.OPENED]
     print(f"\nnormal stream: {figures['scored']:.0f} windows scored, {len(opened)} alerts opened")
     assert figures["scored"] > 0
+    assert len(opened) <= 1
+
+
+async def test_normal_stream_raises_no_alerts_with_a_service_per_kind(
+    kafka_bootstrap: str, new_topic: NewTopic, plant_bundles_by_group: dict[str, Path]
+) -> None:
+    """Each kind's bundle has a narrower scaler than the plant's: normal operation of another day
+    must still stay quiet."""
+    sim = PlantSimulator(
+        PlantConfig(**PLANT, start="2026-01-03T00:00:00Z", duration_s=4 * 3600, n_faults=0, seed=22)
+    )
+    events, figures = await _monitor_by_group(
+        kafka_bootstrap, new_topic, plant_bundles_by_group, sim
+    )
+    opened = [e for e in events if e.event is EventType.OPENED]
+    scored = sum(g["ok"] for g in figures.values())
+    print(f"\nnormal stream, a service per kind: {scored:.0f} readings, {len(opened)} alerts")
+    assert scored == figures["pump-*"]["produced"]
     assert len(opened) <= 1

@@ -79,13 +79,18 @@ demo-steps:
 	@mkdir -p $(DEMO)
 	$(BIN)/plantwatch simulate --out $(DEMO)/normal.parquet --pumps 4 --compressors 2 \
 	  --duration 12h --faults 0 --seed 1 --plant-seed 1
-	$(BIN)/plantwatch train --data $(DEMO)/normal.parquet --out $(DEMO)/bundle \
-	  --model dense --window 32 --epochs 40 --no-progress --name demo-plant
-	$(BIN)/plantwatch inspect $(DEMO)/bundle
+	@# A bundle per kind of machine, served side by side (README, "Several kinds of machine").
+	$(BIN)/plantwatch train --data $(DEMO)/normal.parquet --out $(DEMO)/bundle-pumps \
+	  --assets 'pump-*' --model dense --window 32 --epochs 40 --no-progress --name demo-pumps
+	$(BIN)/plantwatch train --data $(DEMO)/normal.parquet --out $(DEMO)/bundle-compressors \
+	  --assets 'compressor-*' --model dense --window 32 --epochs 40 --no-progress \
+	  --name demo-compressors
+	$(BIN)/plantwatch inspect $(DEMO)/bundle-pumps
 	@echo
-	@echo "bundle: $(DEMO)/bundle   report: $(DEMO)/bundle/report/summary.md"
+	@echo "bundles: $(DEMO)/bundle-pumps, $(DEMO)/bundle-compressors   reports: <bundle>/report/summary.md"
 	@echo
-	$(BIN)/python deploy/local/demo.py --bundle $(DEMO)/bundle --workdir $(DEMO) \
+	$(BIN)/python deploy/local/demo.py --bundle 'pump-*=$(DEMO)/bundle-pumps' \
+	  --bundle 'compressor-*=$(DEMO)/bundle-compressors' --workdir $(DEMO) \
 	  --pumps 4 --compressors 2 --plant-seed 1 --hours 3
 
 # Longer runs, not part of make test (results in bench/results/).

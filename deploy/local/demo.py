@@ -1,11 +1,13 @@
 """The streaming half of ``make demo``: serve + a webhook receiver + a simulated faulty plant.
 
-Run by ``make demo`` after it has trained ``.demo/bundle`` on the simulated plant's normal data
-and started the local Kafka broker. It:
+Run by ``make demo`` after it has trained a bundle per kind of machine (pumps, compressors) on
+the simulated plant's normal data and started the local Kafka broker. It:
 
 1. starts a webhook receiver on 127.0.0.1 that verifies each request's HMAC signature and prints
    the alert it carries;
-2. starts ``plantwatch serve`` (a real process) with delivery to that receiver;
+2. starts one ``plantwatch serve`` (a real process) per bundle, side by side on the same readings
+   topic (``input.asset_patterns`` for its kind, ``input.other_asset_patterns`` for the others),
+   each with delivery to that receiver;
 3. streams a later period of the same plant, with one injected fault of every kind, to Kafka;
 4. waits until everything is scored and delivered, prints the alerts next to the faults that
    were injected and where the metrics are, and stops serve with SIGTERM.
@@ -95,73 +97,113 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         await admin.close()
 
+    bundles = _bundles(args.bundle)
     receiver = Receiver()
     app = web.Application()
     app.router.add_post("/alerts", receiver.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    hook_port, metrics_port = _free_port(), _free_port()
+    hook_port = _free_port()
     await web.TCPSite(runner, "127.0.0.1", hook_port).start()
 
-    config = {
+    serves: list[tuple[str, asyncio.subprocess.Process, int]] = []
+    exe = Path(sys.executable).with_name("plantwatch")
+    try:
+        for i, (pattern, bundle) in enumerate(bundles.items()):
+            metrics_port = _free_port()
+            config = _serve_config(args, run, i, topics, hook_port, metrics_port, bundle)
+            if pattern != "*":
+                config["input"]["asset_patterns"] = [pattern]
+                config["input"]["other_asset_patterns"] = [p for p in bundles if p != pattern]
+            config_path = args.workdir / f"plantwatch-{i}.yaml"
+            config_path.write_text(yaml.safe_dump(config))
+            log_path = args.workdir / f"serve-{i}.log"
+            print(
+                f"starting: plantwatch serve --config {config_path}   "
+                f"(assets {pattern}, bundle {bundle}, log: {log_path})"
+            )
+            with log_path.open("wb") as log:
+                serve = await asyncio.create_subprocess_exec(
+                    str(exe),
+                    "serve",
+                    "--config",
+                    str(config_path),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            serves.append((str(log_path), serve, metrics_port))
+        return await _stream_and_report(args, serves, topics, receiver)
+    finally:
+        for log_name, serve, _ in serves:
+            if serve.returncode is None:
+                serve.send_signal(signal.SIGTERM)
+                rc = await asyncio.wait_for(serve.wait(), timeout=30)
+                print(f"serve stopped on SIGTERM (exit status {rc}); log: {log_name}")
+        await runner.cleanup()
+
+
+def _bundles(specs: list[str]) -> dict[str, Path]:
+    """``PATTERN=PATH`` (a bundle for the assets that match) or ``PATH`` (for every asset)."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        pattern, sep, path = spec.partition("=")
+        out[pattern if sep else "*"] = Path(path if sep else spec)
+    if "*" in out and len(out) > 1:
+        raise SystemExit("--bundle: a bundle for every asset cannot be combined with others")
+    return out
+
+
+def _serve_config(
+    args: argparse.Namespace,
+    run: str,
+    i: int,
+    topics: dict[str, str],
+    hook_port: int,
+    metrics_port: int,
+    bundle: Path,
+) -> dict[str, Any]:
+    return {
         "kafka": {"bootstrap_servers": args.bootstrap},
         "input": {
             "topics": [topics["readings"]],
-            "group_id": f"demo-{run}",
+            "group_id": f"demo-{run}-{i}",
             "dead_letter_topic": topics["dead-letter"],
         },
-        "model": {"path": str(args.bundle)},
+        "model": {"path": str(bundle)},
         "alerts": {"topic": topics["alerts"]},
         "delivery": {
-            "group_id": f"demo-notify-{run}",
+            "group_id": f"demo-notify-{run}-{i}",
             "dead_letter_topic": topics["delivery-dead-letter"],
             "webhooks": [
                 {"name": "demo", "url": f"http://127.0.0.1:{hook_port}/alerts", "secret": SECRET}
             ],
         },
         "http": {"host": "127.0.0.1", "port": metrics_port},
-        "instance_id": f"demo-{run}",
+        "instance_id": f"demo-{run}-{i}",
         "shutdown_deadline_s": 20,
     }
-    config_path = args.workdir / "plantwatch.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    log_path = args.workdir / "serve.log"
-    exe = Path(sys.executable).with_name("plantwatch")
-    print(f"starting: plantwatch serve --config {config_path}   (log: {log_path})")
-    with log_path.open("wb") as log:
-        serve = await asyncio.create_subprocess_exec(
-            str(exe), "serve", "--config", str(config_path), stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        return await _stream_and_report(args, serve, topics, receiver, metrics_port)
-    finally:
-        if serve.returncode is None:
-            serve.send_signal(signal.SIGTERM)
-            rc = await asyncio.wait_for(serve.wait(), timeout=30)
-            print(f"serve stopped on SIGTERM (exit status {rc}); log: {log_path}")
-        await runner.cleanup()
 
 
 async def _stream_and_report(
     args: argparse.Namespace,
-    serve: asyncio.subprocess.Process,
+    serves: list[tuple[str, asyncio.subprocess.Process, int]],
     topics: dict[str, str],
     receiver: Receiver,
-    metrics_port: int,
 ) -> int:
-    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    metrics_urls = [f"http://127.0.0.1:{port}/metrics" for _, _, port in serves]
     async with ClientSession() as http:
-        for _ in range(200):
-            if serve.returncode is not None:
-                print("serve exited early; see its log", file=sys.stderr)
-                return 1
-            try:
-                async with http.get(f"http://127.0.0.1:{metrics_port}/readyz") as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            await asyncio.sleep(0.25)
+        for log_name, serve, port in serves:
+            for _ in range(200):
+                if serve.returncode is not None:
+                    print(f"serve exited early; see {log_name}", file=sys.stderr)
+                    return 1
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    pass
+                await asyncio.sleep(0.25)
         sim = PlantSimulator(
             PlantConfig(
                 n_pumps=args.pumps,
@@ -181,13 +223,14 @@ async def _stream_and_report(
         produced = await produce(sim, args.bootstrap, topics["readings"])
         started = time.monotonic()
         while time.monotonic() - started < 120:
-            text = await (await http.get(metrics_url)).text()
-            consumed = _metric(text, "plantwatch_readings_total", 'result="ok"')
+            # Every reading is scored by exactly one service (its kind's).
+            texts = [await (await http.get(url)).text() for url in metrics_urls]
+            consumed = sum(_metric(t, "plantwatch_readings_total", 'result="ok"') for t in texts)
             if consumed >= produced:
                 break
             await asyncio.sleep(0.5)
         await asyncio.sleep(3)  # let delivery catch up with the last events
-        text = await (await http.get(metrics_url)).text()
+        texts = [await (await http.get(url)).text() for url in metrics_urls]
 
     print("\nInjected faults (ground truth) and the alerts that were raised:")
     opened = [e for e in receiver.events.values() if e["event"] == "opened"]
@@ -215,12 +258,12 @@ async def _stream_and_report(
         )
     ]
     print(f"  alerts outside any fault: {len(false)}")
+    scored = sum(_metric(t, "plantwatch_windows_scored_total", "") for t in texts)
     print(
-        f"\nreadings scored: {_metric(text, 'plantwatch_windows_scored_total', '')}, "
-        f"alert events delivered: {len(receiver.events)}, bad signatures: "
-        f"{receiver.bad_signatures}"
+        f"\nwindows scored: {scored:.0f}, alert events delivered: {len(receiver.events)}, "
+        f"bad signatures: {receiver.bad_signatures}"
     )
-    print(f"metrics were at {metrics_url} (also /healthz, /readyz)")
+    print(f"metrics were at {', '.join(metrics_urls)} (also /healthz, /readyz)")
     return 0
 
 
@@ -233,7 +276,13 @@ def _metric(text: str, name: str, label: str) -> float:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument(
+        "--bundle",
+        action="append",
+        required=True,
+        metavar="[PATTERN=]PATH",
+        help="a bundle, for the assets PATTERN matches (one serve each); repeat per kind",
+    )
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument(
         "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")

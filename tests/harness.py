@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,12 @@ def settings_for(
         else:
             doc[section] = values
     return Settings.model_validate(doc)
+
+
+def group_input(group: str, groups: Iterable[str]) -> dict[str, list[str]]:
+    """``input`` settings of the service for the assets ``group`` matches, beside services for
+    the other ``groups`` on the same readings topic."""
+    return {"asset_patterns": [group], "other_asset_patterns": [g for g in groups if g != group]}
 
 
 @asynccontextmanager

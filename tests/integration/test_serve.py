@@ -12,6 +12,7 @@ import pytest
 from monitor.events import EventType
 from tests.harness import (
     assert_alert_sequences,
+    group_input,
     read_alerts,
     running,
     settings_for,
@@ -69,14 +70,13 @@ async def _monitor_by_group(
     async with AsyncExitStack() as stack:
         services = {}
         for group, bundle in bundles.items():
-            others = [g for g in bundles if g != group]
             settings = settings_for(
                 kafka_bootstrap,
                 bundle,
                 readings=readings,
                 alerts=alerts,
                 dead_letter=dlq,
-                input={"asset_patterns": [group], "other_asset_patterns": others},
+                input=group_input(group, bundles),
             )
             services[group] = await stack.enter_async_context(running(settings))
         for group, service in services.items():

@@ -22,7 +22,14 @@ from monitor.bundle import load_bundle
 from monitor.errors import ConfigError
 from monitor.records import encode_binary, encode_json_reading
 from monitor.service import SWITCH_INTERVAL_S, Service
-from tests.harness import read_topic, running, sample, settings_for, wait_consumed
+from tests.harness import (
+    group_input,
+    read_topic,
+    running,
+    sample,
+    settings_for,
+    wait_consumed,
+)
 from training.simulator import PlantConfig, PlantSimulator
 
 pytestmark = [pytest.mark.kafka]
@@ -191,14 +198,13 @@ async def test_services_for_asset_groups_share_a_topic_and_skip_each_others_asse
     sent = 2 * len(ts) + 2
 
     for pattern, asset in groups.items():
-        others = [p for p in groups if p != pattern]
         settings = settings_for(
             kafka_bootstrap,
             plant_bundle,
             readings=readings,
             alerts=alerts,
             dead_letter=dead_letters[pattern],
-            input={"asset_patterns": [pattern], "other_asset_patterns": others},
+            input=group_input(pattern, groups),
         )
         async with running(settings) as service:
             await wait_consumed(service, readings, sent)

@@ -155,3 +155,23 @@ def test_threshold_calibration_failure_is_one_line(
     assert len(errors) == 1, stderr
     assert "cannot calibrate the threshold" in errors[0]
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--protocol", "skab"],
+        ["--protocol", "generic", "--via-kafka"],
+        ["--protocol", "generic", "--bundle", "some/bundle"],
+    ],
+)
+def test_evaluate_asset_groups_misuse_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str]
+) -> None:
+    args = ["evaluate", "--data", str(tmp_path), "--asset-groups", "pump-*,compressor-*", *extra]
+    assert main(args) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "plantwatch evaluate: error: --asset-groups is for the generic protocol, "
+        "without --via-kafka or --bundle"
+    )

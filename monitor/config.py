@@ -65,8 +65,9 @@ class InputSettings(_Section):
     asset_patterns: tuple[str, ...] = ()
     #: fnmatch patterns of assets other services own, where several share one readings topic,
     #: each with its own bundle for a group of assets (say pumps and compressors) and its own
-    #: ``group_id``: their messages are counted and skipped, not dead-lettered. An asset
-    #: neither these nor ``asset_patterns`` match is still dead-lettered, so none goes unseen.
+    #: ``group_id``: their messages are counted and skipped, not dead-lettered (those keyed by
+    #: such an asset before they are parsed: their own service checks them). An asset neither
+    #: these nor ``asset_patterns`` match is still dead-lettered, so none goes unseen.
     other_asset_patterns: tuple[str, ...] = ()
     allow_extra_sensors: bool = False
     max_message_bytes: int = Field(default=1_048_576, ge=64)

@@ -325,13 +325,24 @@ class Decoder:
         # then checked in one set difference, not one by one.
         self._good_keys: set[bytes | None] = set()
         self._good_pairs: set[tuple[bytes | None, str]] = set()
+        # Keys of messages that are other services' (other_asset_patterns), with the rejection
+        # each such message gets, and the keys that are not.
+        self._other_keys: dict[bytes, Rejection] = {}
+        self._own_keys: set[bytes | None] = set()
 
     @property
     def features(self) -> tuple[str, ...]:
         return self._features
 
     def decode(self, key: bytes | None, value: bytes | None) -> list[ReadingBlock] | Rejection:
-        """Decode one Kafka message into per-asset blocks, or say why it is rejected."""
+        """Decode one Kafka message into per-asset blocks, or say why it is rejected.
+
+        A message keyed by an asset of ``other_asset_patterns`` (and not of ``asset_patterns``)
+        is another service's: it is not parsed (that service checks it) and comes back as a
+        rejection marked :attr:`Rejection.other_asset`.
+        """
+        if key and self._other_re is not None and self._is_other_key(key):
+            return self._other_keys[key]
         try:
             return self._decode(key, value)
         except _Reject as rejected:
@@ -356,6 +367,25 @@ class Decoder:
         """
         if len(keys) != len(values):
             raise ValueError(f"decode_many: {len(keys)} keys for {len(values)} values")
+        # Other services' messages are left out unparsed, and the rest decoded as one batch: on
+        # a shared topic they would otherwise make the fast paths decline and split every run.
+        other = self._other_messages(keys) if self._other_re is not None else []
+        if not other:
+            return self._decode_all(keys, values)
+        is_other = np.zeros(len(keys), dtype=bool)
+        is_other[other] = True
+        own = np.flatnonzero(~is_other)
+        own_list = own.tolist()
+        mine = self._decode_all([keys[i] for i in own_list], [values[i] for i in own_list])
+        rejections = [(own_list[i], r) for i, r in mine.rejections]
+        other_keys = self._other_keys
+        rejections.extend((i, other_keys[keys[i] or b""]) for i in other)
+        rejections.sort(key=itemgetter(0))
+        return DecodedBatch(mine.assets, mine.ts_ms, mine.values, own[mine.messages], rejections)
+
+    def _decode_all(
+        self, keys: Sequence[bytes | None], values: Sequence[bytes | None]
+    ) -> DecodedBatch:
         parts: list[_Part] = []
         rejections: list[tuple[int, Rejection]] = []
         # The binary fast path is the C parser's alone: without it, binary runs go one by one.
@@ -369,6 +399,39 @@ class Decoder:
             else:
                 self._decode_run(run_fast, keys, values, start, end, parts, rejections)
         return _join(parts, rejections, self._n)
+
+    def _other_messages(self, keys: Sequence[bytes | None]) -> list[int]:
+        """Indices of the messages keyed by another service's asset, in order."""
+        fresh = set(keys) - self._own_keys - self._other_keys.keys()
+        for key in fresh:
+            if key and self._is_other_key(key):
+                continue
+            if len(self._own_keys) >= _ASSET_CACHE_SIZE:
+                self._own_keys.clear()
+            self._own_keys.add(key)
+        other = self._other_keys
+        if not other or other.keys().isdisjoint(keys):
+            return []
+        return [i for i, key in enumerate(keys) if key in other]
+
+    def _is_other_key(self, key: bytes) -> bool:
+        """Whether ``key`` names an asset of ``other_asset_patterns`` that ``asset_patterns``
+        leave out (remembered, bounded)."""
+        if key in self._other_keys:
+            return True
+        try:
+            asset = key.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        if len(asset) > self._max_asset:
+            return False
+        judged = self._judge_asset(asset)
+        if judged is None or not judged.rejection.other_asset:
+            return False
+        if len(self._other_keys) >= _ASSET_CACHE_SIZE:
+            self._other_keys.clear()
+        self._other_keys[key] = _other_rejection(asset)
+        return True
 
     def _runs(self, values: Sequence[bytes | None]) -> list[tuple[int, int, int]]:
         """Maximal runs ``(kind, start, end)`` of messages a fast path may take: JSON ones,
@@ -1001,6 +1064,14 @@ def _empty_part(n_features: int) -> _Part:
         np.empty(0, dtype=np.int64),
         np.empty((0, n_features), dtype=np.float32),
         np.empty(0, dtype=np.intp),
+    )
+
+
+def _other_rejection(asset: str) -> Rejection:
+    return Rejection(
+        RejectReason.UNKNOWN_ASSET,
+        _clip(f"asset {_show(asset)} is another service's (other_asset_patterns)"),
+        other_asset=True,
     )
 
 

@@ -336,6 +336,9 @@ def test_other_asset_marks_messages_all_for_another_services_asset() -> None:
         (b"tank-1", dumps([reading("tank-1"), reading("tank-1", T0 + 1)])),
         (None, binary(asset="tank-1")),
         (b"tank-1", binary(asset="tank-1")),
+        # Keyed by another service's asset: not parsed at all (that service checks it).
+        (b"tank-1", b"\x00not json"),
+        (b"tank-1", dumps(reading("pump-1"))),
     ]
     for key, value in whole * 2:  # the second time from the verdict cache
         result = decoder.decode(key, value)
@@ -360,12 +363,42 @@ def test_other_asset_marks_messages_all_for_another_services_asset() -> None:
     result = make(asset_patterns=("pump-*",)).decode(None, dumps(reading("tank-1")))
     assert isinstance(result, Rejection)
     assert not result.other_asset
-    # Through decode_many (the service's path) as well.
+    # Through decode_many (the service's path) as well, per message exactly as decode().
     batch = decoder.decode_many([None, None], [dumps(reading("tank-1")), dumps(reading("pump-1"))])
     assert len(batch) == 1
     [(i, rejection)] = batch.rejections
     assert i == 0
     assert rejection.other_asset
+    pairs = [*whole, *not_other, (b"pump-2", dumps(reading("pump-2"))), (None, binary())]
+    keys, values = [k for k, _ in pairs] * 3, [v for _, v in pairs] * 3
+    batch = decoder.decode_many(keys, values)
+    assert batch.rejections == [
+        (i, r) for i, r in enumerate(map(decoder.decode, keys, values)) if isinstance(r, Rejection)
+    ]
+    assert sorted(set(batch.messages.tolist())) == [
+        i
+        for i, (k, v) in enumerate(zip(keys, values, strict=True))
+        if not isinstance(decoder.decode(k, v), Rejection)
+    ]
+
+
+def test_a_shared_topic_keeps_the_fast_path() -> None:
+    """Messages keyed by other services' assets, interleaved with this service's, are left out
+    before parsing: the rest still decodes as one run (the fast paths accept only runs that are
+    all valid; without the cut every run would be split down to single messages)."""
+    decoder = make(asset_patterns=("pump-*",), other_asset_patterns=("tank-*",))
+    keys, values = [], []
+    for i in range(64):
+        asset = "tank-1" if i % 2 else "pump-1"
+        keys.append(asset.encode())
+        values.append(dumps(reading(asset, T0 + i)))
+    calls = []
+    real = decoder.decode
+    decoder.decode = lambda k, v: calls.append(k) or real(k, v)  # type: ignore[method-assign]
+    batch = decoder.decode_many(keys, values)
+    assert len(batch) == 32
+    assert [i for i, r in batch.rejections if r.other_asset] == list(range(1, 64, 2))
+    assert calls == []  # nothing went message by message
 
 
 @pytest.mark.parametrize(

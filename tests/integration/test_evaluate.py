@@ -222,6 +222,10 @@ def test_asset_groups_train_a_bundle_each_and_score_each_series_with_its_own(
     assert by_asset["pump-01"].threshold == thresholds["pump-*"]
     assert by_asset["compressor-01"].threshold == thresholds["compressor-*"]
     assert result.options["asset_groups"] == list(groups)
+    result.write_report(tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "- asset groups, a bundle each" in text
+    assert "`compressor-*`, `pump-*`" in text
     # Scores of different bundles are pooled in units of their own thresholds.
     from training.evaluate import metrics
 

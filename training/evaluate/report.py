@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,17 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def _groups_line(options: dict[str, Any]) -> list[str]:
+    """With ``--asset-groups``: the groups, each scored by its own bundle."""
+    groups = options.get("asset_groups")
+    if not groups:
+        return []
+    return [
+        "- asset groups, a bundle each (raw-score figures in units of each bundle's threshold): "
+        + ", ".join(f"`{g}`" for g in groups)
+    ]
+
+
 def _markdown(result: EvaluationResult, images: list[tuple[str, str]]) -> str:
     lines = [
         f"# Evaluation: protocol `{result.protocol}`",
@@ -46,6 +57,7 @@ def _markdown(result: EvaluationResult, images: list[tuple[str, str]]) -> str:
         f"- data: `{result.options.get('data')}`",
         f"- alert rule: {result.options.get('alert_rule')}",
         f"- model: {result.options.get('model')}",
+        *_groups_line(result.options),
         f"- time: {result.elapsed_s:.1f} s",
         "",
         "## Figures",

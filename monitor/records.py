@@ -325,10 +325,9 @@ class Decoder:
         # then checked in one set difference, not one by one.
         self._good_keys: set[bytes | None] = set()
         self._good_pairs: set[tuple[bytes | None, str]] = set()
-        # Keys of messages that are other services' (other_asset_patterns), with the rejection
-        # each such message gets, and the keys that are not.
-        self._other_keys: dict[bytes, Rejection] = {}
-        self._own_keys: set[bytes | None] = set()
+        # With other_asset_patterns: message key -> the rejection of a message keyed by another
+        # service's asset, or None for any other key.
+        self._key_verdicts: dict[bytes | None, Rejection | None] = {}
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -341,8 +340,10 @@ class Decoder:
         is another service's: it is not parsed (that service checks it) and comes back as a
         rejection marked :attr:`Rejection.other_asset`.
         """
-        if key and self._other_re is not None and self._is_other_key(key):
-            return self._other_keys[key]
+        if key and self._other_re is not None:
+            other = self._key_verdict(key)
+            if other is not None:
+                return other
         try:
             return self._decode(key, value)
         except _Reject as rejected:
@@ -369,17 +370,16 @@ class Decoder:
             raise ValueError(f"decode_many: {len(keys)} keys for {len(values)} values")
         # Other services' messages are left out unparsed, and the rest decoded as one batch: on
         # a shared topic they would otherwise make the fast paths decline and split every run.
-        other = self._other_messages(keys) if self._other_re is not None else []
+        other = self._other_messages(keys) if self._other_re is not None else {}
         if not other:
             return self._decode_all(keys, values)
         is_other = np.zeros(len(keys), dtype=bool)
-        is_other[other] = True
+        is_other[list(other)] = True
         own = np.flatnonzero(~is_other)
         own_list = own.tolist()
         mine = self._decode_all([keys[i] for i in own_list], [values[i] for i in own_list])
         rejections = [(own_list[i], r) for i, r in mine.rejections]
-        other_keys = self._other_keys
-        rejections.extend((i, other_keys[keys[i] or b""]) for i in other)
+        rejections.extend(other.items())
         rejections.sort(key=itemgetter(0))
         return DecodedBatch(mine.assets, mine.ts_ms, mine.values, own[mine.messages], rejections)
 
@@ -400,38 +400,51 @@ class Decoder:
                 self._decode_run(run_fast, keys, values, start, end, parts, rejections)
         return _join(parts, rejections, self._n)
 
-    def _other_messages(self, keys: Sequence[bytes | None]) -> list[int]:
-        """Indices of the messages keyed by another service's asset, in order."""
-        fresh = set(keys) - self._own_keys - self._other_keys.keys()
-        for key in fresh:
-            if key and self._is_other_key(key):
-                continue
-            if len(self._own_keys) >= _ASSET_CACHE_SIZE:
-                self._own_keys.clear()
-            self._own_keys.add(key)
-        other = self._other_keys
-        if not other or other.keys().isdisjoint(keys):
-            return []
-        return [i for i, key in enumerate(keys) if key in other]
+    def _other_messages(self, keys: Sequence[bytes | None]) -> dict[int, Rejection]:
+        """The messages keyed by another service's asset: index -> rejection."""
+        verdicts = self._key_verdicts
+        batch = set(keys)
+        for key in batch - verdicts.keys():
+            self._key_verdict(key)
+        # (A key forgotten by a full cache meanwhile reads as none here: its messages then go
+        # through decode(), which sets them aside the same way.)
+        if not any(map(verdicts.get, batch)):
+            return {}
+        return {i: r for i, r in enumerate(map(verdicts.get, keys)) if r is not None}
 
-    def _is_other_key(self, key: bytes) -> bool:
-        """Whether ``key`` names an asset of ``other_asset_patterns`` that ``asset_patterns``
-        leave out (remembered, bounded)."""
-        if key in self._other_keys:
-            return True
+    def _key_verdict(self, key: bytes | None) -> Rejection | None:
+        """The rejection of a message keyed by ``key`` if that names an asset of
+        ``other_asset_patterns`` which ``asset_patterns`` leave out, else None (remembered)."""
         try:
-            asset = key.decode("utf-8")
-        except UnicodeDecodeError:
-            return False
-        if len(asset) > self._max_asset:
-            return False
-        judged = self._judge_asset(asset)
-        if judged is None or not judged.rejection.other_asset:
-            return False
-        if len(self._other_keys) >= _ASSET_CACHE_SIZE:
-            self._other_keys.clear()
-        self._other_keys[key] = _other_rejection(asset)
-        return True
+            return self._key_verdicts[key]
+        except KeyError:
+            pass
+        verdict = None
+        if key:
+            try:
+                asset = key.decode("utf-8")
+            except UnicodeDecodeError:
+                asset = ""
+            if asset and len(asset) <= self._max_asset:
+                judged = self._asset_verdict(asset)
+                if judged is not None and judged.rejection.other_asset:
+                    verdict = judged.rejection
+        if len(self._key_verdicts) >= _ASSET_CACHE_SIZE:
+            self._key_verdicts.clear()  # bounded against floods of distinct bogus keys
+        self._key_verdicts[key] = verdict
+        return verdict
+
+    def _asset_verdict(self, asset: str) -> _Reject | None:
+        """:meth:`_judge_asset`, remembered per asset id (bounded)."""
+        try:
+            return self._asset_cache[asset]
+        except KeyError:
+            pass
+        verdict = self._judge_asset(asset)
+        if len(self._asset_cache) >= _ASSET_CACHE_SIZE:
+            self._asset_cache.clear()  # bounded against floods of distinct bogus ids
+        self._asset_cache[asset] = verdict
+        return verdict
 
     def _runs(self, values: Sequence[bytes | None]) -> list[tuple[int, int, int]]:
         """Maximal runs ``(kind, start, end)`` of messages a fast path may take: JSON ones,
@@ -659,7 +672,6 @@ class Decoder:
         fresh = set(zip(keys, assets, strict=True)) - self._good_pairs
         if not fresh:
             return True
-        cache = self._asset_cache
         for key, asset in fresh:
             if key:
                 try:
@@ -669,14 +681,7 @@ class Decoder:
                     return False
             if len(asset) > self._max_asset:
                 return False
-            try:
-                cached = cache[asset]
-            except KeyError:
-                cached = self._judge_asset(asset)
-                if len(cache) >= _ASSET_CACHE_SIZE:
-                    cache.clear()
-                cache[asset] = cached
-            if cached is not None:
+            if self._asset_verdict(asset) is not None:
                 return False
         _remember(self._good_pairs, fresh)
         return True
@@ -726,22 +731,16 @@ class Decoder:
                 RejectReason.OVERSIZED,
                 f"{_at(where)}asset id is {len(asset)} characters, limit {self._max_asset}",
             )
-        try:
-            cached = self._asset_cache[asset]
-        except KeyError:
-            cached = self._judge_asset(asset)
-            if len(self._asset_cache) >= _ASSET_CACHE_SIZE:
-                self._asset_cache.clear()  # bounded against floods of distinct bogus ids
-            self._asset_cache[asset] = cached
+        cached = self._asset_verdict(asset)
         if cached is None:
             return
-        # The cached detail has no reading index; re-raise with this one. The message is all
-        # for this asset where it is keyed (the key must match every reading's asset) or where
-        # the asset is the message's own (a single reading, a binary header: ``where`` < 0).
+        # The cached detail has no reading index; re-raise with this one. Another service's
+        # asset marks the message only where the asset is the message's own (a single reading,
+        # a binary header: ``where`` < 0); keyed ones were set aside by decode() already.
         raise _Reject(
             cached.rejection.reason,
             _at(where) + cached.rejection.detail,
-            other_asset=cached.rejection.other_asset and (key is not None or where < 0),
+            other_asset=cached.rejection.other_asset and where < 0,
         )
 
     def _judge_asset(self, asset: str) -> _Reject | None:
@@ -1064,14 +1063,6 @@ def _empty_part(n_features: int) -> _Part:
         np.empty(0, dtype=np.int64),
         np.empty((0, n_features), dtype=np.float32),
         np.empty(0, dtype=np.intp),
-    )
-
-
-def _other_rejection(asset: str) -> Rejection:
-    return Rejection(
-        RejectReason.UNKNOWN_ASSET,
-        _clip(f"asset {_show(asset)} is another service's (other_asset_patterns)"),
-        other_asset=True,
     )
 
 

@@ -187,6 +187,9 @@ def _model(args: argparse.Namespace, family: str, seed: int, window: int | None)
         modes=args.modes,
         flatline=args.flatline,
         bias_factor=args.bias_factor,
+        noise_std=args.noise_std,
+        mask_fraction=args.mask_fraction,
+        mask_unit=args.mask_unit,
     )
 
 
@@ -467,6 +470,9 @@ def main() -> int:
     )
     r.add_argument("--flatline", default="auto", choices=FLATLINE_MODES, help="(tag off: nofl)")
     r.add_argument("--bias-factor", type=float, default=0.0, help="(tag: bias1.5)")
+    r.add_argument("--noise-std", type=float, default=0.0, help="denoising (tag: noise0.1)")
+    r.add_argument("--mask-fraction", type=float, default=0.0, help="masking (tag: mask0.25)")
+    r.add_argument("--mask-unit", default="reading", choices=("reading", "sensor", "time"))
     r.add_argument("--hold-sensor", help="the service's detector.hold (tag: hold)")
     r.add_argument("--running-above", type=float, default=0.0)
     r.add_argument("--hold-seconds", type=float, default=600.0)

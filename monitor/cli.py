@@ -206,14 +206,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--pot-level", type=float, default=0.98, help="POT: quantile above which the tail is fitted"
     )
     p.add_argument("--pot-risk", type=float, default=1e-4, help="POT: per-window false-alarm risk")
-    p.add_argument(
-        "--noise-std", type=float, default=0.0, help="denoising: input noise (normalised units)"
-    )
-    p.add_argument(
-        "--mask-fraction", type=float, default=0.0, help="masked reconstruction: share zeroed"
-    )
-    p.add_argument("--mask-unit", default="reading", choices=("reading", "sensor", "time"))
-    _add_sensor_weighting(p)
+    _add_model_options(p)
     p.add_argument(
         "--hyper",
         action="append",
@@ -238,9 +231,17 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(handler=_run_train)
 
 
-def _add_sensor_weighting(p: argparse.ArgumentParser) -> None:
-    """``--sensor-weighting``, ``--modes``, ``--flatline`` and ``--bias-factor``, shared by
-    ``train`` and ``evaluate``."""
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """How a bundle is trained and what its graph adds to the score (``--noise-std``,
+    ``--mask-fraction``, ``--mask-unit``, ``--sensor-weighting``, ``--modes``, ``--flatline``,
+    ``--bias-factor``), shared by ``train`` and ``evaluate``."""
+    p.add_argument(
+        "--noise-std", type=float, default=0.0, help="denoising: input noise (normalised units)"
+    )
+    p.add_argument(
+        "--mask-fraction", type=float, default=0.0, help="masked reconstruction: share zeroed"
+    )
+    p.add_argument("--mask-unit", default="reading", choices=("reading", "sensor", "time"))
     p.add_argument(
         "--sensor-weighting",
         default="none",
@@ -614,7 +615,7 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--threshold-factor", type=float, default=1.5)
     p.add_argument("--pot-level", type=float, default=0.98, help="POT: tail fitted above this")
     p.add_argument("--pot-risk", type=float, default=1e-4, help="POT: per-window false-alarm risk")
-    _add_sensor_weighting(p)
+    _add_model_options(p)
     p.add_argument(
         "--rule",
         default="service",
@@ -713,6 +714,9 @@ def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
             modes=args.modes,
             flatline=args.flatline,
             bias_factor=args.bias_factor,
+            noise_std=args.noise_std,
+            mask_fraction=args.mask_fraction,
+            mask_unit=args.mask_unit,
         ),
         alerts=alerts,
         generic=GenericOptions(

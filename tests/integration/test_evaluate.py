@@ -316,7 +316,7 @@ def test_skab_ignore_sensors_leaves_them_out_of_the_model(tmp_path: Path) -> Non
         )
 
 
-def test_skab_threshold_rule_and_sensor_weighting_reach_the_bundles(tmp_path: Path) -> None:
+def test_skab_training_options_reach_the_bundles(tmp_path: Path) -> None:
     from monitor.bundle import load_bundle
 
     root = _skab_like(tmp_path / "skab")
@@ -327,6 +327,9 @@ def test_skab_threshold_rule_and_sensor_weighting_reach_the_bundles(tmp_path: Pa
         pot_level=0.8,  # SKAB validates on 85 windows: 17 above the level
         pot_risk=1e-3,
         sensor_weighting="balanced",
+        noise_std=0.1,
+        mask_fraction=0.25,
+        mask_unit="sensor",
     )
     result = evaluate("skab", root, model=model, work_dir=tmp_path / "work")
     manifest = load_bundle(result.bundles["valve1/0"]).manifest
@@ -334,4 +337,7 @@ def test_skab_threshold_rule_and_sensor_weighting_reach_the_bundles(tmp_path: Pa
     assert manifest.threshold.params["risk"] == 1e-3
     assert manifest.model.hyperparameters["sensor_weighting"] == "balanced"
     assert len(manifest.model.hyperparameters["sensor_weights"]) == len(SKAB_SENSORS)
+    hyper = manifest.model.hyperparameters
+    assert (hyper["noise_std"], hyper["mask_fraction"], hyper["mask_unit"]) == (0.1, 0.25, "sensor")
     assert result.options["model"]["threshold_rule"] == "pot"
+    assert result.options["model"]["mask_unit"] == "sensor"

@@ -175,3 +175,24 @@ def test_evaluate_asset_groups_misuse_is_one_line(
         "plantwatch evaluate: error: --asset-groups is for the generic protocol, "
         "without --via-kafka or --bundle"
     )
+
+
+def test_train_and_evaluate_share_the_model_options() -> None:
+    """What ``train`` can train, ``evaluate`` can evaluate: both parse the same options."""
+    parser = build_parser()
+    options = [
+        "--noise-std", "0.1", "--mask-fraction", "0.25", "--mask-unit", "sensor",
+        "--sensor-weighting", "balanced", "--modes", "2", "--bias-factor", "1.5",
+    ]  # fmt: skip
+    train = parser.parse_args(["train", "--data", "d", "--out", "o", *options])
+    evaluate = parser.parse_args(["evaluate", "--protocol", "generic", "--data", "d", *options])
+    names = ("noise_std", "mask_fraction", "mask_unit", "sensor_weighting", "modes", "bias_factor")
+    for args in (train, evaluate):
+        assert tuple(getattr(args, name) for name in names) == (
+            0.1,
+            0.25,
+            "sensor",
+            "balanced",
+            2,
+            1.5,
+        )

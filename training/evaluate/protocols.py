@@ -76,6 +76,10 @@ class ModelOptions:
     flatline: str = "auto"
     #: :attr:`training.pipeline.TrainConfig.bias_factor`.
     bias_factor: float = 0.0
+    #: Denoising and masked-reconstruction training: :class:`training.fit.FitConfig`.
+    noise_std: float = 0.0
+    mask_fraction: float = 0.0
+    mask_unit: Literal["reading", "sensor", "time"] = "reading"
 
 
 #: Protocol defaults for the ``None`` fields of :class:`ModelOptions`.
@@ -331,6 +335,9 @@ def _train(
             seed=model.seed,
             device="cpu",
             progress=False,
+            noise_std=model.noise_std,
+            mask_fraction=model.mask_fraction,
+            mask_unit=model.mask_unit,
         ),
         hyperparameters=dict(model.hyperparameters),
         name=name,

@@ -55,3 +55,34 @@ def test_performance_benchmark_smoke(kafka_bootstrap: str, tmp_path: Path) -> No
         assets, kept_up, alerts = float(cells[1].replace(",", "")), cells[2], int(cells[-1])
         assert kept_up == "yes", row
         assert alerts <= 0.05 * assets, row
+
+
+def test_shared_topic_pipeline_benchmark_smoke(kafka_bootstrap: str) -> None:
+    """Each configuration scores every window of the plant once: one service for all, two
+    services sharing the topic (each passes over the other's messages) or a topic per kind."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    steps = 60
+    script = str(ROOT / "bench" / "shared_pipeline.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--steps", str(steps), "--runs", "1", "--formats", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {
+        cells[1]: cells
+        for line in proc.stdout.splitlines()
+        if line.startswith("| json |")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert set(rows) == {"one service", "shared topic", "topic per kind"}, proc.stdout
+    windows = 1000 * (steps - 32 + 1)  # 1,000 assets, window 32, stride 1
+    for name, cells in rows.items():
+        rate, scored, passed = (float(cells[i].split()[0].replace(",", "")) for i in (2, 4, 5))
+        assert rate > 0, cells
+        assert scored == windows, cells
+        # Sharing the topic, each of the two services passes over the other kind's messages.
+        assert passed == (1000 * steps if name == "shared topic" else 0), cells

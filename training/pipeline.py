@@ -119,6 +119,11 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         raise ConfigError(f"--bias-factor must be 0 (off) or above 1, got {config.bias_factor}")
     if config.modes < 0:
         raise ConfigError(f"--modes must be 0 (one threshold) or more, got {config.modes}")
+    if config.family == "pca" and (config.fit.noise_std or config.fit.mask_fraction):
+        raise ConfigError(
+            "--noise-std and --mask-fraction corrupt the input of a model trained by gradient "
+            "descent; --model pca is fitted in closed form (leave them out)"
+        )
     if config.sensor_weighting not in SENSOR_WEIGHTINGS:
         raise ConfigError(
             f"--sensor-weighting must be one of {', '.join(SENSOR_WEIGHTINGS)}, "

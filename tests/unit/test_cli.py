@@ -196,3 +196,18 @@ def test_train_and_evaluate_share_the_model_options() -> None:
             2,
             1.5,
         )
+
+
+def test_denoising_options_on_pca_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PCA is fitted in closed form: a noise or mask option would be silently ignored (and the
+    manifest would still record it), so it is refused before any data is read."""
+    for option in (["--noise-std", "0.1"], ["--mask-fraction", "0.25"]):
+        paths = ["--data", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "b")]
+        rc = main(["train", *paths, "--model", "pca", *option, "--no-progress"])
+        assert rc == 2
+        stderr = capsys.readouterr().err
+        errors = [line for line in stderr.splitlines() if line.startswith("plantwatch train:")]
+        assert len(errors) == 1, stderr
+        assert "--model pca is fitted in closed form" in errors[0]

@@ -11,7 +11,8 @@ corrupted view of it rather than to copy its input:
   (``"sensor"``) or whole time steps (``"time"``), drawn independently per window.
 
 Validation loss (early stopping) is always on clean input. Models with a ``fit_closed_form``
-method (the PCA baseline) are fitted in one step; corruption does not apply to them.
+method (the PCA baseline) are fitted in one step; corruption does not apply to them
+(``train_bundle`` refuses the options for them; called directly, this loop warns and ignores).
 """
 
 from __future__ import annotations

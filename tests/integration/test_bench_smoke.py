@@ -14,18 +14,23 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_performance_benchmark_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
-    out = tmp_path / "performance.md"
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+def _bench(script: str, args: list[str], kafka_bootstrap: str, timeout: float) -> str:
+    """Run ``bench/<script>`` against the test broker; its stdout (it must exit 0)."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "performance.py"), "--smoke", "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         capture_output=True,
         text=True,
-        timeout=240,
-        env=env,
+        timeout=timeout,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_performance_benchmark_smoke(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = tmp_path / "performance.md"
+    _bench("performance.py", ["--smoke", "--out", str(out)], kafka_bootstrap, 240)
     text = out.read_text()
     assert "Command: `python bench/performance.py --smoke" in text
     for fmt in ("| json |", "| json-batch |", "| binary |"):
@@ -60,25 +65,16 @@ def test_performance_benchmark_smoke(kafka_bootstrap: str, tmp_path: Path) -> No
 def test_shared_topic_pipeline_benchmark_smoke(kafka_bootstrap: str) -> None:
     """Each configuration scores every window of the plant once: one service for all, two
     services sharing the topic (each passes over the other's messages) or a topic per kind."""
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
     steps = 60
-    script = str(ROOT / "bench" / "shared_pipeline.py")
-    proc = subprocess.run(
-        [sys.executable, script, "--steps", str(steps), "--runs", "1", "--formats", "json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = ["--steps", str(steps), "--runs", "1", "--formats", "json"]
+    stdout = _bench("shared_pipeline.py", args, kafka_bootstrap, 300)
     rows = {
         cells[1]: cells
-        for line in proc.stdout.splitlines()
+        for line in stdout.splitlines()
         if line.startswith("| json |")
         for cells in [[c.strip() for c in line.strip("|").split("|")]]
     }
-    assert set(rows) == {"one service", "shared topic", "topic per kind"}, proc.stdout
+    assert set(rows) == {"one service", "shared topic", "topic per kind"}, stdout
     windows = 1000 * (steps - 32 + 1)  # 1,000 assets, window 32, stride 1
     for name, cells in rows.items():
         rate, scored, passed = (float(cells[i].split()[0].replace(",", "")) for i in (2, 4, 5))

@@ -218,6 +218,12 @@ _FAMILIES: dict[str, Callable[..., nn.Module]] = {
 FAMILIES = tuple(_FAMILIES)
 
 
+def fitted_in_closed_form(family: str) -> bool:
+    """Whether ``family`` is fitted in one step (``fit_closed_form``) instead of by gradient
+    descent, so that training options of the descent (input corruption) do not apply."""
+    return hasattr(_FAMILIES.get(family), "fit_closed_form")
+
+
 def build_model(family: str, length: int, n_features: int, **hyper: Any) -> nn.Module:
     """Instantiate a model family by name (see :data:`FAMILIES`)."""
     try:

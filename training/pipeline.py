@@ -46,7 +46,7 @@ from training.export import (
 )
 from training.fit import FitConfig, fit, seed_everything
 from training.flatline import FLATLINE_MODES, Flatline, fit_flatline
-from training.models import build_model
+from training.models import build_model, fitted_in_closed_form
 from training.modes import ModeThresholds, fit_modes, operating_points
 from training.pca import PCAModel
 from training.report import write_report
@@ -119,10 +119,10 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         raise ConfigError(f"--bias-factor must be 0 (off) or above 1, got {config.bias_factor}")
     if config.modes < 0:
         raise ConfigError(f"--modes must be 0 (one threshold) or more, got {config.modes}")
-    if config.family == "pca" and (config.fit.noise_std or config.fit.mask_fraction):
+    if fitted_in_closed_form(config.family) and (config.fit.noise_std or config.fit.mask_fraction):
         raise ConfigError(
             "--noise-std and --mask-fraction corrupt the input of a model trained by gradient "
-            "descent; --model pca is fitted in closed form (leave them out)"
+            f"descent; --model {config.family} is fitted in closed form (leave them out)"
         )
     if config.sensor_weighting not in SENSOR_WEIGHTINGS:
         raise ConfigError(

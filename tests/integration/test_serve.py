@@ -15,6 +15,7 @@ from tests.harness import (
     group_input,
     read_alerts,
     running,
+    sample,
     settings_for,
     wait_consumed,
 )
@@ -42,17 +43,13 @@ async def _monitor(
         await wait_consumed(service, readings, produced)
         figures = {
             "produced": produced,
-            "ok": service.registry.get_sample_value("plantwatch_readings_total", {"result": "ok"})
-            or 0.0,
-            "scored": service.registry.get_sample_value("plantwatch_windows_scored_total") or 0.0,
-            "held": service.registry.get_sample_value("plantwatch_windows_held_total") or 0.0,
+            "ok": sample(service, "plantwatch_readings_total", {"result": "ok"}),
+            "scored": sample(service, "plantwatch_windows_scored_total"),
+            "held": sample(service, "plantwatch_windows_held_total"),
         }
         for stage in ("decode", "windows", "score", "detect", "commit"):
-            figures[f"batches_{stage}"] = (
-                service.registry.get_sample_value(
-                    "plantwatch_batch_stage_seconds_count", {"stage": stage}
-                )
-                or 0.0
+            figures[f"batches_{stage}"] = sample(
+                service, "plantwatch_batch_stage_seconds_count", {"stage": stage}
             )
     return await read_alerts(kafka_bootstrap, alerts), figures
 
@@ -82,10 +79,7 @@ async def _monitor_by_group(
         for group, service in services.items():
             await wait_consumed(service, readings, produced)
             figures[group] = {
-                result: service.registry.get_sample_value(
-                    "plantwatch_readings_total", {"result": result}
-                )
-                or 0.0
+                result: sample(service, "plantwatch_readings_total", {"result": result})
                 for result in ("ok", "other_asset", "invalid")
             }
             figures[group]["produced"] = produced

@@ -553,7 +553,7 @@ def _generic(
     groups = opts.asset_groups
     if groups and opts.bundle is not None:
         raise ConfigError("asset groups train a bundle each; they cannot use a given bundle")
-    if groups and (opts.asset_column is None):
+    if groups and opts.asset_column is None:
         raise ConfigError("asset groups need the asset column")
     bundles: dict[str, Bundle] = {}
     if opts.bundle is not None:
@@ -622,9 +622,10 @@ def _generic(
 
 def _group_of(asset: str | None, groups: Sequence[str], file: Path) -> str:
     """The first of ``groups`` (fnmatch patterns) that ``asset`` matches."""
-    for group in groups:
-        if asset is not None and fnmatch.fnmatchcase(asset, group):
-            return group
+    if asset is not None:
+        for group in groups:
+            if fnmatch.fnmatchcase(asset, group):
+                return group
     raise DataError(f"{file}: asset {asset!r} is in none of the asset groups ({', '.join(groups)})")
 
 

@@ -344,6 +344,8 @@ class PipelineRun:
     #: Seconds per stage of the service's ``batch_stage_seconds`` (``score`` runs in the
     #: scoring threads beside the loop, summed over them; the loop waits ``score_wait`` for it).
     stages: dict[str, float] = field(default_factory=dict)
+    #: Messages of other services' assets passed over (``input.other_asset_patterns``).
+    other_assets: int = 0
 
     def stage_line(self) -> str:
         order = ("decode", "windows", "score", "score_wait", "detect", "commit")
@@ -353,11 +355,17 @@ class PipelineRun:
 
 
 async def plantwatch_run(
-    bootstrap: str, topic: str, bundle: Bundle, n_messages: int, model: dict[str, Any] | None = None
+    bootstrap: str,
+    topic: str,
+    bundle: Bundle,
+    n_messages: int,
+    model: dict[str, Any] | None = None,
+    **input_settings: Any,
 ) -> PipelineRun:
-    """The real service consuming, scoring and committing every message of ``topic``."""
+    """The real service consuming, scoring and committing every message of ``topic``
+    (``input_settings``: more of its ``input`` section)."""
     service, task = await start_service(
-        bootstrap, topic, bundle, model=model, fetch_max_records=5000
+        bootstrap, topic, bundle, model=model, fetch_max_records=5000, **input_settings
     )
     try:
         started = time.perf_counter()
@@ -382,7 +390,12 @@ async def plantwatch_run(
                     for sample in metric.samples
                     if sample.name.endswith("_sum")
                 }
-                return PipelineRun(seconds, int(_scored(service)), int(events), stages)
+                other = service.registry.get_sample_value(
+                    "plantwatch_readings_total", {"result": "other_asset"}
+                )
+                return PipelineRun(
+                    seconds, int(_scored(service)), int(events), stages, int(other or 0)
+                )
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)

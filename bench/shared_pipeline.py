@@ -14,11 +14,11 @@ the whole plant's readings take:
 * ``topic per kind``: two services at once, each reading a topic that holds its kind only.
 
 Each service runs in a process of its own (as two deployments would), both started together
-behind a barrier; a configuration's time is the slower service's, from its start to its last
-message. Both kinds use the same bundle here (8 sensors, dense, window 32): the model's
-quality is not measured, only the data path. Readings are synthetic (``bench.performance``);
-1,000 assets, half of each kind, JSON single readings or the binary format (100 readings a
-message).
+behind a barrier; a configuration's time is the slower service's, from the moment it is started
+to its last message (``bench.performance.plantwatch_run``). Both kinds use the same bundle here
+(8 sensors, dense, window 32): the model's quality is not measured, only the data path.
+Readings are synthetic (``bench.performance``); 1,000 assets, half of each kind, JSON single
+readings or the binary format (100 readings a message).
 
     python bench/shared_pipeline.py [--steps 1000] [--runs 3] [--formats json,binary]
 """
@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine_info import cpu_model
 from bench.performance import (
     messages,
+    plantwatch_run,
     prefill,
-    start_service,
     synthetic,
     train_bundle,
 )
@@ -62,33 +62,15 @@ def _serve(
     barrier: Any,
     results: Any,
 ) -> None:
-    """One service in this process: start behind ``barrier``, run to ``n_messages``."""
+    """One service in this process (``plantwatch_run``), started behind ``barrier``."""
     from monitor.bundle import load_bundle
 
     async def main() -> tuple[float, float, float, float]:
         bundle = load_bundle(Path(bundle_path))
         barrier.wait()
         cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        service, task = await start_service(
-            bootstrap, topic, bundle, fetch_max_records=5000, **input_settings
-        )
-        try:
-            reg = service.registry
-            while (reg.get_sample_value("plantwatch_messages_total", {"topic": topic}) or 0) < (
-                n_messages
-            ):
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-            seconds = time.perf_counter() - t0
-            cpu = time.process_time() - cpu0
-            scored = reg.get_sample_value("plantwatch_windows_scored_total") or 0.0
-            other = reg.get_sample_value("plantwatch_readings_total", {"result": "other_asset"})
-            return seconds, cpu, scored, other or 0.0
-        finally:
-            service.request_stop()
-            await service.stop()
+        run = await plantwatch_run(bootstrap, topic, bundle, n_messages, **input_settings)
+        return run.seconds, time.process_time() - cpu0, run.windows, run.other_assets
 
     results.put(asyncio.run(main()))
 

@@ -203,6 +203,9 @@ class DecoderConfig:
     asset_patterns: tuple[str, ...] = ()  # fnmatch patterns (case-sensitive); empty => any
     #: Assets ``asset_patterns`` leave out that another service owns (fnmatch, case-sensitive).
     other_asset_patterns: tuple[str, ...] = ()
+    #: Assets another decoder of the same service takes first (an earlier route, see
+    #: ``Settings.routes``): another's even where ``asset_patterns`` match them.
+    claimed_patterns: tuple[str, ...] = ()
     max_message_bytes: int = 1_048_576
     max_batch_readings: int = 10_000
     max_asset_id_length: int = 128  # characters (JSON) or UTF-8 bytes (binary)
@@ -319,6 +322,9 @@ class Decoder:
         self._allow_extra = config.allow_extra_sensors
         self._asset_re = _patterns(config.asset_patterns)
         self._other_re = _patterns(config.other_asset_patterns)
+        self._claimed_re = _patterns(config.claimed_patterns)
+        # Whether some asset is another's: messages keyed by one are then set aside unparsed.
+        self._others = self._other_re is not None or self._claimed_re is not None
         # asset id -> None (allowed) or the rejection; asset ids repeat, regexes are not free.
         self._asset_cache: dict[str, _Reject | None] = {}
         # Keys and (key, asset) pairs that passed the fast path's checks: a run's pairs are
@@ -340,7 +346,7 @@ class Decoder:
         is another service's: it is not parsed (that service checks it) and comes back as a
         rejection marked :attr:`Rejection.other_asset`.
         """
-        if key and self._other_re is not None:
+        if key and self._others:
             other = self._key_verdict(key)
             if other is not None:
                 return other
@@ -370,7 +376,7 @@ class Decoder:
             raise ValueError(f"decode_many: {len(keys)} keys for {len(values)} values")
         # Other services' messages are left out unparsed, and the rest decoded as one batch: on
         # a shared topic they would otherwise make the fast paths decline and split every run.
-        other = self._other_messages(keys) if self._other_re is not None else {}
+        other = self._other_messages(keys) if self._others else {}
         if not other:
             return self._decode_all(keys, values)
         is_other = np.zeros(len(keys), dtype=bool)
@@ -752,11 +758,17 @@ class Decoder:
             return _Reject(
                 RejectReason.UNKNOWN_ASSET, f"asset id {_show(asset)} has unprintable characters"
             )
+        if self._claimed_re is not None and self._claimed_re.match(asset) is not None:
+            return _Reject(
+                RejectReason.UNKNOWN_ASSET,
+                f"asset {_show(asset)} is another route's (an earlier route's asset_patterns)",
+                other_asset=True,
+            )
         if self._asset_re is not None and self._asset_re.match(asset) is None:
             if self._other_re is not None and self._other_re.match(asset) is not None:
                 return _Reject(
                     RejectReason.UNKNOWN_ASSET,
-                    f"asset {_show(asset)} is another service's (other_asset_patterns)",
+                    f"asset {_show(asset)} is another service's or route's (other_asset_patterns)",
                     other_asset=True,
                 )
             return _Reject(

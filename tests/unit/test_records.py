@@ -382,6 +382,27 @@ def test_other_asset_marks_messages_all_for_another_services_asset() -> None:
     ]
 
 
+def test_claimed_assets_are_another_routes_even_where_asset_patterns_match() -> None:
+    """A route's decoder (Settings.routes) leaves the assets of earlier routes to them, although
+    its own patterns match them too: the first route whose patterns match an asset takes it."""
+    decoder = make(asset_patterns=("c*",), claimed_patterns=("compressor-*",))
+    for key, value in [
+        (None, dumps(reading("compressor-1"))),
+        (b"compressor-1", b"\x00not json"),  # keyed: set aside unparsed
+        (None, binary(asset="compressor-1")),
+    ]:
+        result = decoder.decode(key, value)
+        assert isinstance(result, Rejection), result
+        assert result.other_asset, result
+    assert not isinstance(decoder.decode(None, dumps(reading("crusher-1"))), Rejection)
+    # An empty asset_patterns (the default route) takes every asset no route claims.
+    default = make(claimed_patterns=("compressor-*", "c*"))
+    assert not isinstance(default.decode(None, dumps(reading("pump-1"))), Rejection)
+    claimed = default.decode_many([b"crusher-1", None], [b"{}", dumps(reading("pump-1"))])
+    assert [(i, r.other_asset) for i, r in claimed.rejections] == [(0, True)]
+    assert claimed.assets == ["pump-1"]
+
+
 def test_a_shared_topic_keeps_the_fast_path() -> None:
     """Messages keyed by other services' assets, interleaved with this service's, are left out
     before parsing: the rest still decodes as one run (the fast paths accept only runs that are

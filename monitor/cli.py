@@ -494,7 +494,7 @@ async def _serve(settings: Settings) -> int:
 
     service = Service(settings)
     _install_signals(service.request_stop, settings.shutdown_deadline_s)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, service.models.request_reload)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, service.request_reload)
     try:
         await service.start()
         await service.run()

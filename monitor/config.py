@@ -178,6 +178,27 @@ class DetectorSettings(_Section):
         return k, n, m
 
 
+#: The route of ``model.path`` (the ``route`` label of its metrics).
+DEFAULT_ROUTE = "default"
+
+
+class RouteSettings(_Section):
+    """A further bundle in the same service, for the assets ``asset_patterns`` match (say the
+    compressors beside the pumps of ``model.path``): one read of the readings topic for every
+    kind of machine, each scored by the bundle trained on its kind."""
+
+    #: Names the route in logs, metrics (``route`` label) and the commit metadata.
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: fnmatch patterns of the route's assets. An asset goes to the first route whose patterns
+    #: match it, in the order listed, else to ``model.path`` (if ``input.asset_patterns``
+    #: allow it).
+    asset_patterns: tuple[str, ...] = Field(min_length=1)
+    #: The route's bundle directory (reloaded as ``model.reload`` says, like ``model.path``).
+    model: Path
+    #: The route's alert rule; default: the ``detector`` section.
+    detector: DetectorSettings | None = None
+
+
 class AlertSettings(_Section):
     topic: str = "plantwatch.alerts"
 
@@ -256,6 +277,8 @@ class Settings(_Section):
     model: ModelSettings
     windows: WindowSettings = WindowSettings()
     detector: DetectorSettings = DetectorSettings()
+    #: Further bundles for groups of assets, read from the same topics (see RouteSettings).
+    routes: tuple[RouteSettings, ...] = ()
     alerts: AlertSettings = AlertSettings()
     scores: ScoreSettings = ScoreSettings()
     delivery: DeliverySettings = DeliverySettings()
@@ -265,6 +288,16 @@ class Settings(_Section):
     #: Stable name of this instance (default: host name); names its Kafka transactional id, so
     #: a restarted instance fences its predecessor. Unique per instance of a group.
     instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+
+    @model_validator(mode="after")
+    def _route_names(self) -> Settings:
+        names = [route.name for route in self.routes]
+        for name in names:
+            if name == DEFAULT_ROUTE:
+                raise ValueError(f"routes: {DEFAULT_ROUTE!r} names model.path's route")
+            if names.count(name) > 1:
+                raise ValueError(f"routes: {name!r} is listed twice")
+        return self
 
 
 ENV_PREFIX = "PLANTWATCH_"

@@ -21,6 +21,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from monitor.config import DEFAULT_ROUTE
+
 PREFIX = "plantwatch"
 
 #: Powers of two up to the largest ``getmany`` batch a service typically scores at once.
@@ -48,6 +50,8 @@ class Metrics:
         self.max_asset_labels = max_asset_labels
         #: Assets left out of the per-asset score series by the label cap.
         self._unlabelled_assets: set[str] = set()
+        #: Per route, the labels of its model's plantwatch_model_info series.
+        self._models: dict[str, tuple[str, str, str, str, str]] = {}
         p = PREFIX
         r = registry
         self.readings = Counter(
@@ -120,7 +124,7 @@ class Metrics:
         )
         self.anomaly_score = _AssetScores(
             f"{p}_anomaly_score",
-            "Latest window score per asset (first max_asset_labels assets only).",
+            "Latest window score per asset and its route (first max_asset_labels assets only).",
         )
         r.register(self.anomaly_score)
         self.asset_labels_dropped = Gauge(
@@ -129,7 +133,10 @@ class Metrics:
             registry=r,
         )
         self.threshold = Gauge(
-            f"{p}_anomaly_threshold", "Alert threshold of the loaded model.", registry=r
+            f"{p}_anomaly_threshold",
+            "Alert threshold of the model loaded per route (default: model.path's).",
+            ["route"],
+            registry=r,
         )
         self.tracked_assets = Gauge(
             f"{p}_tracked_assets", "Assets with a window in memory.", registry=r
@@ -162,8 +169,9 @@ class Metrics:
         )
         self.model_info = Gauge(
             f"{p}_model_info",
-            "The loaded model (value 1) with its name, version, sha256 and execution provider.",
-            ["name", "version", "sha256", "provider"],
+            "The model loaded per route (value 1) with its name, version, sha256 and execution "
+            "provider.",
+            ["route", "name", "version", "sha256", "provider"],
             registry=r,
         )
         self.model_reloads = Counter(
@@ -181,9 +189,9 @@ class Metrics:
         """Update an asset's score gauge, within the label cap."""
         self.set_asset_scores({asset: score})
 
-    def set_asset_scores(self, latest: dict[str, float]) -> None:
-        """Update the score gauges of many assets, within the label cap."""
-        scores = self.anomaly_score.scores
+    def set_asset_scores(self, latest: dict[str, float], route: str = DEFAULT_ROUTE) -> None:
+        """Update the score gauges of many assets of a route, within the label cap."""
+        scores = self.anomaly_score.route(route)
         if latest.keys() <= scores.keys():  # the common case: a dict update, no Python loop
             scores.update(latest)
             return
@@ -195,7 +203,7 @@ class Metrics:
         """Whether a new asset gets a series (within the label cap)."""
         if asset in self._unlabelled_assets:
             return False
-        if len(self.anomaly_score.scores) >= self.max_asset_labels:
+        if len(self.anomaly_score) >= self.max_asset_labels:
             self._unlabelled_assets.add(asset)
             self.asset_labels_dropped.set(len(self._unlabelled_assets))
             return False
@@ -203,15 +211,30 @@ class Metrics:
 
     def forget_assets(self, assets: Iterable[str]) -> None:
         """Drop per-asset series of assets this instance no longer owns (after a rebalance)."""
-        scores = self.anomaly_score.scores
+        routes = self.anomaly_score.routes.values()
         for asset in assets:
-            scores.pop(asset, None)
+            for scores in routes:
+                scores.pop(asset, None)
             self._unlabelled_assets.discard(asset)
         self.asset_labels_dropped.set(len(self._unlabelled_assets))
 
-    def set_model(self, name: str, version: str, sha256: str, provider: str) -> None:
-        self.model_info.clear()
-        self.model_info.labels(name, version, sha256, provider).set(1)
+    def set_model(
+        self,
+        name: str,
+        version: str,
+        sha256: str,
+        provider: str,
+        *,
+        threshold: float,
+        route: str = DEFAULT_ROUTE,
+    ) -> None:
+        """The model a route now scores with (replacing the route's last)."""
+        old = self._models.pop(route, None)
+        if old is not None:
+            self.model_info.remove(*old)
+        self._models[route] = (route, name, version, sha256, provider)
+        self.model_info.labels(*self._models[route]).set(1)
+        self.threshold.labels(route).set(threshold)
 
 
 class _AssetScores(Collector):
@@ -223,13 +246,24 @@ class _AssetScores(Collector):
     def __init__(self, name: str, documentation: str) -> None:
         self.name = name
         self.documentation = documentation
-        self.scores: dict[str, float] = {}
+        #: Per route, per asset: the latest score.
+        self.routes: dict[str, dict[str, float]] = {}
+
+    def route(self, name: str) -> dict[str, float]:
+        scores = self.routes.get(name)
+        if scores is None:
+            scores = self.routes[name] = {}
+        return scores
+
+    def __len__(self) -> int:
+        return sum(map(len, self.routes.values()))
 
     def describe(self) -> list[Metric]:
-        return [GaugeMetricFamily(self.name, self.documentation, labels=["asset"])]
+        return [GaugeMetricFamily(self.name, self.documentation, labels=["asset", "route"])]
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=["asset"])
-        for asset, score in list(self.scores.items()):
-            family.add_metric([asset], score)
+        family = GaugeMetricFamily(self.name, self.documentation, labels=["asset", "route"])
+        for route, scores in list(self.routes.items()):
+            for asset, score in list(scores.items()):
+                family.add_metric([asset, route], score)
         yield family

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from monitor.bundle import MANIFEST_FILE, Bundle, load_bundle
+from monitor.config import DEFAULT_ROUTE
 from monitor.errors import BundleError, PlantwatchError
 from monitor.events import ModelRef
 from monitor.metrics import Metrics
@@ -77,8 +78,11 @@ class ModelManager:
         io_binding: bool | None = None,
         metrics: Metrics | None = None,
         trusted_keys: Sequence[Path] = (),
+        route: str = DEFAULT_ROUTE,
     ) -> None:
         self.path = path
+        #: The route whose bundle this is (see ``Settings.routes``): its metrics' label.
+        self.route = route
         self.trusted_keys = tuple(trusted_keys)
         self.device: Device = device
         #: ``model.workers`` and ``model.threads`` as configured (0: auto): see :attr:`plan`.
@@ -145,7 +149,8 @@ class ModelManager:
         m = model.bundle.manifest
         signed = model.bundle.signed_by
         logger.info(
-            "model %s %s (sha256 %s…%s) loaded; threshold %.6g; provider %s",
+            "%smodel %s %s (sha256 %s…%s) loaded; threshold %.6g; provider %s",
+            "" if self.route == DEFAULT_ROUTE else f"route {self.route}: ",
             m.model.name,
             m.model.version,
             model.bundle.sha256[:12],
@@ -155,9 +160,13 @@ class ModelManager:
         )
         if self.metrics is not None:
             self.metrics.set_model(
-                m.model.name, m.model.version, model.bundle.sha256, model.scorer.provider
+                m.model.name,
+                m.model.version,
+                model.bundle.sha256,
+                model.scorer.provider,
+                threshold=m.threshold.value,
+                route=self.route,
             )
-            self.metrics.threshold.set(m.threshold.value)
 
     def request_reload(self) -> None:
         """Ask the watcher to reload now (SIGHUP)."""

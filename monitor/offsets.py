@@ -31,7 +31,9 @@ FORMAT = "pw1:"
 @dataclass(frozen=True)
 class CommitState:
     scored_through: int
+    #: The detector state of ``model.path``'s route, and of further routes by name.
     detector: dict[str, Any] | None = None
+    routes: dict[str, dict[str, Any]] | None = None
 
 
 def encode(state: CommitState, *, limit: int = 4096) -> str | None:
@@ -39,6 +41,8 @@ def encode(state: CommitState, *, limit: int = 4096) -> str | None:
     doc: dict[str, Any] = {"t": state.scored_through}
     if state.detector:
         doc["d"] = state.detector
+    if state.routes:
+        doc["r"] = state.routes
     text = _pack(doc)
     return text if len(text) <= limit else None
 
@@ -49,7 +53,7 @@ def decode(text: str | None) -> CommitState | None:
         return None
     try:
         doc = json.loads(zlib.decompress(base64.b64decode(text[len(FORMAT) :])))
-        return CommitState(scored_through=int(doc["t"]), detector=doc.get("d"))
+        return CommitState(int(doc["t"]), detector=doc.get("d"), routes=doc.get("r"))
     except (ValueError, KeyError, TypeError, zlib.error):
         logger.warning("ignoring unreadable commit metadata")
         return None

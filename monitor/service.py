@@ -13,6 +13,10 @@ Per ``getmany`` batch::
     (the batches of up to   dead-letter topic  ◄─────────────────────────┘
     commit_interval_ms)     consumer offsets (+ commit metadata, see monitor.offsets)
 
+With ``routes`` (a bundle per group of assets), each route has its own decoder, window store
+and detector, shaped by its bundle; they share the consumer, the scoring threads and each
+transaction, whose commit metadata holds every route's alert state.
+
 Because alert events, dead letters and offsets commit atomically, a crash at any point either
 keeps all of a transaction's effects or none: its batches are then consumed again and, being
 deterministic, yield the same events with the same ids. Consumers of the alerts topic read
@@ -32,9 +36,10 @@ import socket
 import sys
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +52,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
 from monitor import native, offsets
-from monitor.config import Settings
+from monitor.config import DEFAULT_ROUTE, DetectorSettings, Settings
 from monitor.detector import Detector, DetectorConfig, held_windows
 from monitor.errors import ConfigError, DataError, KafkaUnavailableError, PlantwatchError
 from monitor.events import AlertEvent
@@ -174,6 +179,7 @@ class _Scoring:
 
     assets: list[str]
     ts_ms: npt.NDArray[np.int64]
+    route: _Route
     model: LoadedModel
     #: The batch whose windows these are (its alert events and scores go there).
     out: _Outgoing
@@ -183,13 +189,21 @@ class _Scoring:
     held: npt.NDArray[np.bool_] | None = None
 
 
-@dataclass(frozen=True)
-class _Pipeline:
-    """The pure core of the data path, shaped by the model loaded at start."""
+@dataclass
+class _Route:
+    """A bundle and the assets it scores, with the pure core of the data path for them, shaped
+    by the bundle loaded at start: ``model.path``'s route (``default``) and one per entry of
+    ``routes``. Every route decodes every batch; each keeps only its own assets' readings."""
 
+    name: str
+    models: ModelManager
     decoder: Decoder
     store: WindowStore
     detector: Detector
+    #: ``detector.hold``: the sensor's index in the bundle's features and its running level.
+    hold: tuple[int, float] | None = None
+    #: The model the detector was last set to (a reload switches it at the next job).
+    model_in_use: LoadedModel | None = None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -240,15 +254,9 @@ class Service(Lifecycle):
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, max_asset_labels=settings.metrics.max_asset_labels)
-        self.models = ModelManager(
-            settings.model.path,
-            device=settings.model.device,
-            threads=settings.model.threads,
-            workers=settings.model.workers,
-            io_binding={"auto": None, "on": True, "off": False}[settings.model.io_binding],
-            metrics=self.metrics,
-            trusted_keys=settings.model.trusted_keys,
-        )
+        #: ``model.path``'s bundle, then each route's (in ``routes`` order).
+        self.models = self._manager(settings.model.path, DEFAULT_ROUTE)
+        self._route_models = [self._manager(r.model, r.name) for r in settings.routes]
         self._stop = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -265,10 +273,8 @@ class Service(Lifecycle):
         self._partition_assets: dict[TopicPartition, set[str]] = defaultdict(set)
         # The window store keys partitions by int; topics may share partition numbers.
         self._slots: dict[TopicPartition, int] = {}
-        self._model_in_use: LoadedModel | None = None
-        self._pipeline: _Pipeline | None = None
-        #: ``detector.hold``: the sensor's index in the bundle's features and its running level.
-        self._hold: tuple[int, float] | None = None
+        #: The routes in the order they claim assets: those of ``routes``, then the default.
+        self._routes: list[_Route] = []
         #: Scores batches (``model.workers`` at once; on CPU by default one single-threaded
         #: ONNX Runtime run per core) while the event loop prepares the next.
         self._scoring_thread: ThreadPoolExecutor | None = None
@@ -303,24 +309,89 @@ class Service(Lifecycle):
         self._refused = 0
         self._next_cap_warning = -math.inf
 
+    def _manager(self, path: Path, route: str) -> ModelManager:
+        m = self.settings.model
+        return ModelManager(
+            path,
+            device=m.device,
+            threads=m.threads,
+            workers=m.workers,
+            io_binding={"auto": None, "on": True, "off": False}[m.io_binding],
+            metrics=self.metrics,
+            trusted_keys=m.trusted_keys,
+            route=route,
+        )
+
     @property
-    def pipeline(self) -> _Pipeline:
-        if self._pipeline is None:
+    def pipeline(self) -> _Route:
+        """The default route (``model.path``'s)."""
+        if not self._routes:
             raise RuntimeError("service not started")
-        return self._pipeline
+        return self._routes[-1]
+
+    @property
+    def routes(self) -> Sequence[_Route]:
+        """Every route, in the order they claim assets (the default last)."""
+        return self._routes
+
+    def request_reload(self) -> None:
+        """Reload every route's bundle now (SIGHUP)."""
+        for route in self._routes:
+            route.models.request_reload()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         s = self.settings
-        model = await self.models.load()
+        extra = s.routes
+        # An asset goes to the first route whose patterns match it, the default route last; each
+        # route's decoder sets the others' assets aside as another's.
+        default_patterns = s.input.asset_patterns or ("*",)
+        for i, r in enumerate(extra):
+            later = [p for e in extra[i + 1 :] for p in e.asset_patterns]
+            self._routes.append(
+                await self._route(
+                    r.name,
+                    self._route_models[i],
+                    r.detector or s.detector,
+                    asset_patterns=r.asset_patterns,
+                    claimed=tuple(p for e in extra[:i] for p in e.asset_patterns),
+                    other=(*later, *default_patterns, *s.input.other_asset_patterns),
+                )
+            )
+        self._routes.append(
+            await self._route(
+                DEFAULT_ROUTE,
+                self.models,
+                s.detector,
+                asset_patterns=s.input.asset_patterns,
+                claimed=tuple(p for e in extra for p in e.asset_patterns),
+                other=s.input.other_asset_patterns,
+            )
+        )
+        await self._start_clients()
+
+    async def _route(
+        self,
+        name: str,
+        models: ModelManager,
+        d: DetectorSettings,
+        *,
+        asset_patterns: tuple[str, ...],
+        claimed: tuple[str, ...],
+        other: tuple[str, ...],
+    ) -> _Route:
+        s = self.settings
+        model = await models.load()
         manifest = model.bundle.manifest
+        where = "" if name == DEFAULT_ROUTE else f"routes {name}: "
         decoder = Decoder(
             DecoderConfig(
                 features=manifest.features,
                 format=s.input.format,
-                asset_patterns=s.input.asset_patterns,
-                other_asset_patterns=s.input.other_asset_patterns,
+                asset_patterns=asset_patterns,
+                other_asset_patterns=other,
+                claimed_patterns=claimed,
                 max_message_bytes=s.input.max_message_bytes,
                 max_batch_readings=s.input.max_batch_readings,
                 allow_extra_sensors=s.input.allow_extra_sensors,
@@ -338,20 +409,22 @@ class Service(Lifecycle):
                 None if s.windows.idle_timeout_s is None else round(s.windows.idle_timeout_s * 1000)
             ),
         )
-        d = s.detector
         k, n, m = d.resolved(manifest.window.length)
-        logger.info("alert rule: open on %d of %d windows, resolve after %d quiet ones", k, n, m)
+        logger.info(
+            "%salert rule: open on %d of %d windows, resolve after %d quiet ones", where, k, n, m
+        )
         # detector.hold: the sensor's place in the bundle's feature order is fixed (a reloaded
         # bundle must have the same features).
+        hold = None
         if d.hold is not None:
             if d.hold.sensor not in manifest.features:
                 raise ConfigError(
-                    f"detector.hold.sensor: {d.hold.sensor!r} is not a sensor of the bundle "
-                    f"({', '.join(manifest.features)})"
+                    f"{where}detector.hold.sensor: {d.hold.sensor!r} is not a sensor of the "
+                    f"bundle ({', '.join(manifest.features)})"
                 )
-            self._hold = (manifest.features.index(d.hold.sensor), d.hold.running_above)
+            hold = (manifest.features.index(d.hold.sensor), d.hold.running_above)
             logger.info(
-                "alert hold: while %s <= %g and %g s after", d.hold.sensor,
+                "%salert hold: while %s <= %g and %g s after", where, d.hold.sensor,
                 d.hold.running_above, d.hold.seconds,
             )  # fmt: skip
         detector = Detector(
@@ -370,9 +443,10 @@ class Service(Lifecycle):
             features=manifest.features,
             model=model.ref,
         )
-        self._pipeline = _Pipeline(decoder, store, detector)
-        self._model_in_use = model
+        return _Route(name, models, decoder, store, detector, hold, model)
 
+    async def _start_clients(self) -> None:
+        s = self.settings
         self._ops = OpsServer(
             self.registry,
             host=s.http.host,
@@ -410,9 +484,9 @@ class Service(Lifecycle):
         self._started = True
         poll = s.model.reload == "watch"
         if s.model.reload != "off":
-            self._tasks.append(
-                asyncio.create_task(self.models.watch(s.model.reload_poll_s, poll=poll))
-            )
+            for route in self._routes:
+                watch = route.models.watch(s.model.reload_poll_s, poll=poll)
+                self._tasks.append(asyncio.create_task(watch))
         self._tasks.append(asyncio.create_task(self._probe_broker()))
         # Everything alive now (modules, the model, clients) lives as long as the process: keep
         # it out of the garbage collector's full passes, which would otherwise traverse it all
@@ -634,7 +708,7 @@ class Service(Lifecycle):
     def readiness(self) -> Mapping[str, bool]:
         assigned = bool(self._consumer is not None and self._consumer.assignment())
         checks = {
-            "model_loaded": self.models.loaded,
+            "model_loaded": all(r.models.loaded for r in self._routes) and bool(self._routes),
             "partitions_assigned": assigned,
             "broker_reachable": self._broker_ok,
         }
@@ -668,12 +742,12 @@ class Service(Lifecycle):
 
     def _revoke(self, revoked: list[TopicPartition]) -> None:
         # Called with nothing left to commit (flushed, or dropped by a rewind).
-        p = self.pipeline
         for tp in revoked:
             assets = self._partition_assets.pop(tp, set())
-            p.detector.forget(assets)
+            for route in self._routes:
+                route.detector.forget(assets)
+                route.store.forget_partition(self._slot(tp))
             self.metrics.forget_assets(assets)
-            p.store.forget_partition(self._slot(tp))
             self._replay_through.pop(tp, None)
             self._position.pop(tp, None)
             self._bare_commits_until.pop(tp, None)
@@ -785,12 +859,16 @@ class Service(Lifecycle):
                 self._last_commit[tp] = (offset, metadata)
                 restored.add(tp)
             self._replay_through[tp] = state.scored_through
-            if state.detector:
+            snapshots = dict(state.routes or {})
+            snapshots[DEFAULT_ROUTE] = state.detector or {}
+            for route in self._routes:
                 try:
-                    self.pipeline.detector.restore(state.detector)
+                    route.detector.restore(snapshots.get(route.name) or {})
                 except DataError as exc:
                     # E.g. detector.n changed since the commit: alerts open then start over.
-                    logger.warning("%s: alert state not restored (%s)", tp, exc)
+                    logger.warning(
+                        "%s: alert state of route %s not restored (%s)", tp, route.name, exc
+                    )
         logger.info(
             "partitions assigned: %s (%d resume mid-stream)",
             _tps(assigned),
@@ -803,7 +881,6 @@ class Service(Lifecycle):
     async def _process(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> None:
-        p = self.pipeline
         out = _Outgoing()
         self._unfinished.append(out)
         m = self.metrics
@@ -816,10 +893,12 @@ class Service(Lifecycle):
             for tp, records in batch.items():
                 await self._append_partition(tp, records, out, tally)
                 last_offset[tp] = records[-1].offset
-                if p.store.pending >= OVERLAP_WINDOWS:
-                    await self._submit(p.store.collect(), out)
-            if p.store.pending:
-                await self._submit(p.store.collect(), out)
+                for route in self._routes:
+                    if route.store.pending >= OVERLAP_WINDOWS:
+                        await self._submit(route, route.store.collect(), out)
+            for route in self._routes:
+                if route.store.pending:
+                    await self._submit(route, route.store.collect(), out)
         except BaseException:
             self._abandon_scoring()
             raise
@@ -842,13 +921,13 @@ class Service(Lifecycle):
         self._observe_stages(out)
         if time.monotonic() >= self._next_expiry:
             self._expire_idle()
-        m.tracked_assets.set(len(p.store))
+        m.tracked_assets.set(sum(len(route.store) for route in self._routes))
         out.handled = True
         await self._batch_detected()
         if self._unfinished and self._commit_due():
             # Its last windows are still being scored; it is committed once they are
             # detected, while the next batch is handled (see _batch_detected).
-            out.needed = p.store.min_needed_offsets()
+            out.needed = self._min_needed_offsets()
 
     async def _append_partition(
         self,
@@ -857,18 +936,56 @@ class Service(Lifecycle):
         out: _Outgoing,
         tally: _Tally,
     ) -> None:
-        """Decode a partition's records and append their readings to the window store, a
+        """Decode a partition's records and append their readings to the window stores, a
         chunk at a time; hand each chunk's worth of ready windows to the scoring thread."""
-        p = self.pipeline
         replay_through = self._replay_through.get(tp, -1)
         slot = self._slot(tp)
         with out.timed("decode"):
-            decoded = p.decoder.decode_many([r.key for r in records], [r.value for r in records])
+            decoded = self._decode([r.key for r in records], [r.value for r in records])
             record_offsets = np.fromiter((r.offset for r in records), np.int64, len(records))
         # Offsets increase within a partition: the replayed records are a prefix.
         n_replay = int(np.searchsorted(record_offsets, replay_through, side="right"))
+        for route, batch in zip(self._routes, decoded, strict=True):
+            await self._append_route(
+                route, tp, records, batch, record_offsets, n_replay, slot, out, tally
+            )
+
+    def _decode(self, keys: list[bytes | None], values: list[bytes | None]) -> list[DecodedBatch]:
+        """Each route's readings of these messages. A message no route takes is refused once,
+        in the first route's batch: as another service's if every route says so, else with the
+        reason of the first route that does not call it another's."""
+        decoded = [route.decoder.decode_many(keys, values) for route in self._routes]
+        if len(decoded) == 1:
+            return decoded
+        refused: dict[int, list[Rejection]] = defaultdict(list)
+        for batch in decoded:
+            for i, rejection in batch.rejections:
+                refused[i].append(rejection)
+        n = len(decoded)
+        merged = [
+            (i, next((r for r in rejections if not r.other_asset), rejections[0]))
+            for i, rejections in sorted(refused.items())
+            if len(rejections) == n
+        ]
+        return [replace(decoded[0], rejections=merged)] + [
+            replace(batch, rejections=[]) for batch in decoded[1:]
+        ]
+
+    async def _append_route(
+        self,
+        p: _Route,
+        tp: TopicPartition,
+        records: list[ConsumerRecord[bytes, bytes]],
+        decoded: DecodedBatch,
+        record_offsets: npt.NDArray[np.int64],
+        n_replay: int,
+        slot: int,
+        out: _Outgoing,
+        tally: _Tally,
+    ) -> None:
+        """Append a route's readings of a partition's records (see _append_partition)."""
         reading_offsets = record_offsets[decoded.messages]
-        for lo, hi in self._chunks(decoded, len(records)):
+        for lo, hi in self._chunks(p, decoded, len(records)):
             ra, rb = np.searchsorted(decoded.messages, (lo, hi)).tolist()
             result = None
             if hi <= n_replay or lo >= n_replay:
@@ -884,7 +1001,7 @@ class Service(Lifecycle):
                     )
             if result is None:
                 with out.timed("windows"):
-                    self._append_each(out, tp, records, decoded, n_replay, slot, lo, hi, tally)
+                    self._append_each(p, out, tp, records, decoded, n_replay, slot, lo, hi, tally)
             else:
                 self._partition_assets[tp].update(decoded.assets[ra:rb])
                 if lo >= n_replay:
@@ -896,8 +1013,8 @@ class Service(Lifecycle):
                             self._refuse(out, records[i], rejection, tally)
             # Scored whenever a chunk's worth is pending: memory stays bounded (a getmany of
             # batch messages can hold several 100,000 readings, a window each).
-            if p.store.pending >= self._chunk_readings():
-                await self._submit(p.store.collect(), out)
+            if p.store.pending >= self._chunk_readings(p):
+                await self._submit(p, p.store.collect(), out)
 
     def _observe_stages(self, out: _Outgoing) -> None:
         for stage, seconds in out.stages.items():
@@ -1023,25 +1140,31 @@ class Service(Lifecycle):
         one-off and decommissioned ids would otherwise hold memory, ``max_assets`` places and
         per-batch work for ever. An asset with an open alert keeps its detector state (and
         its place in the commit metadata)."""
-        p = self.pipeline
         self._next_expiry = time.monotonic() + self._expiry_period_s
-        gone = p.store.expire_idle()
+        gone: list[str] = []
+        dropped: list[str] = []
+        for route in self._routes:
+            expired = route.store.expire_idle()
+            gone.extend(expired)
+            dropped.extend(a for a in expired if not route.detector.has_state(a))
         if not gone:
             return
         self.metrics.data_quality.labels("asset_expired").inc(len(gone))
-        dropped = [a for a in gone if not p.detector.has_state(a)]
         for assets in self._partition_assets.values():
             assets.difference_update(dropped)
         self.metrics.forget_assets(dropped)
         logger.info("%d silent assets no longer tracked (%.0f s)", len(gone), self._expiry_period_s)
 
-    def _chunk_readings(self) -> int:
-        store = self.pipeline.store
+    @staticmethod
+    def _chunk_readings(route: _Route) -> int:
+        store = route.store
         return max(MIN_CHUNK_READINGS, CHUNK_BYTES // (store.length * store.n_features * 4))
 
-    def _chunks(self, decoded: DecodedBatch, n_messages: int) -> list[tuple[int, int]]:
+    def _chunks(
+        self, route: _Route, decoded: DecodedBatch, n_messages: int
+    ) -> list[tuple[int, int]]:
         """Message ranges of a partition's batch holding about CHUNK_BYTES of windows each."""
-        limit = self._chunk_readings()
+        limit = self._chunk_readings(route)
         if len(decoded) <= limit:
             return [(0, n_messages)]
         cuts = [0, *np.unique(decoded.messages[limit::limit]).tolist(), n_messages]
@@ -1049,6 +1172,7 @@ class Service(Lifecycle):
 
     def _append_each(
         self,
+        p: _Route,
         out: _Outgoing,
         tp: TopicPartition,
         records: list[ConsumerRecord[bytes, bytes]],
@@ -1063,7 +1187,6 @@ class Service(Lifecycle):
         the batch straddles the end of a replay): each message with rejected readings is
         dead-lettered. Messages ``lo`` to ``hi`` (excluded) of ``records``; counted in
         ``tally``."""
-        p = self.pipeline
         assets = self._partition_assets[tp]
         rejections = dict(decoded.rejections)
         # Most messages carry one reading; the store copies offsets, so one array serves all.
@@ -1101,7 +1224,7 @@ class Service(Lifecycle):
                 detail = ", ".join(f"{count} {reason}" for reason, count in rejected.items())
                 self._dead_letter(out, record, next(iter(rejected)), f"readings rejected: {detail}")
 
-    async def _submit(self, ready: ReadyBatch, out: _Outgoing) -> None:
+    async def _submit(self, route: _Route, ready: ReadyBatch, out: _Outgoing) -> None:
         """Hand ready windows to the scoring thread; then detect what was handed over before
         them, all but the last SCORING_AHEAD jobs, so that windows are scored while the loop
         prepares the next (ONNX Runtime releases the GIL). Events come in the order of the
@@ -1114,7 +1237,7 @@ class Service(Lifecycle):
         idx = np.flatnonzero(keep)
         if idx.size:
             whole = idx.size == len(ready)
-            model = self.models.current
+            model = route.models.current
             if self._scoring_thread is None:
                 self._scoring_thread = ThreadPoolExecutor(
                     self.models.workers, thread_name_prefix="plantwatch-score"
@@ -1127,9 +1250,10 @@ class Service(Lifecycle):
             )
             assets = ready.assets if whole else [ready.assets[i] for i in idx]
             held = None
-            if self._hold is not None:
-                held = held_windows(ready.windows if whole else ready.windows[idx], *self._hold)
-            self._scoring.append(_Scoring(assets, ready.ts_ms[idx], model, out, future, held))
+            if route.hold is not None:
+                held = held_windows(ready.windows if whole else ready.windows[idx], *route.hold)
+            job = _Scoring(assets, ready.ts_ms[idx], route, model, out, future, held)
+            self._scoring.append(job)
             out.jobs += 1
         await self._drain(out, keep=SCORING_AHEAD + self.models.workers - 1)
 
@@ -1158,7 +1282,6 @@ class Service(Lifecycle):
         """Detect on scored windows, oldest first, until at most ``keep`` are being scored;
         each batch whose windows are all detected is committed if due (and ``commit``). The
         time spent goes to ``out``'s stages."""
-        detector = self.pipeline.detector
         scoring = self._scoring
         while len(scoring) > keep:
             job = scoring[0]
@@ -1168,20 +1291,22 @@ class Service(Lifecycle):
             scoring.popleft()
             out.stages["score"] += took
             job.out.count(self.metrics.windows_scored, len(job.assets))
-            if job.model is not self._model_in_use:
+            route = job.route
+            if job.model is not route.model_in_use:
                 manifest = job.model.bundle.manifest
-                detector.set_model(
+                route.detector.set_model(
                     threshold=job.model.threshold, model=job.model.ref, features=manifest.features
                 )
-                self._model_in_use = job.model
+                route.model_in_use = job.model
             with out.timed("detect"):
-                self._detect(job.assets, job.ts_ms, scores, errors, job.out, job.held)
+                self._detect(route, job.assets, job.ts_ms, scores, errors, job.out, job.held)
             job.out.jobs -= 1
             if not job.out.jobs:
                 await self._batch_detected(commit=commit)
 
     def _detect(
         self,
+        route: _Route,
         assets: list[str],
         ts_ms: npt.NDArray[np.int64],
         scores: npt.NDArray[np.float32],
@@ -1190,13 +1315,13 @@ class Service(Lifecycle):
         held: npt.NDArray[np.bool_] | None = None,
     ) -> None:
         m = self.metrics
-        detector = self.pipeline.detector
+        detector = route.detector
         # An even sample of the batch keeps the histogram's percentiles at a bounded cost.
         now_ms = time.time() * 1000.0
         sample = ts_ms[:: max(1, len(ts_ms) // LATENCY_SAMPLES)]
         for lag_ms in (now_ms - sample).tolist():
             m.end_to_end_latency.observe(max(lag_ms, 0.0) / 1000.0)
-        m.set_asset_scores(dict(zip(assets, scores.tolist(), strict=True)))
+        m.set_asset_scores(dict(zip(assets, scores.tolist(), strict=True)), route.name)
         if self.settings.scores.topic:
             out.scores.extend(_score_messages(assets, ts_ms, scores))
 
@@ -1215,7 +1340,7 @@ class Service(Lifecycle):
                 event.severity.value,
                 ",".join(f"{s.sensor}:{s.share:.0%}" for s in event.top_sensors),
             )
-        m.open_alerts.set(detector.open_alerts())
+        m.open_alerts.set(sum(r.detector.open_alerts() for r in self._routes))
         out.alerts.extend(events)
 
     def _refuse(
@@ -1250,7 +1375,7 @@ class Service(Lifecycle):
     async def _commit(self, out: _Outgoing, last_offset: Mapping[TopicPartition, int]) -> None:
         assert self._producer is not None
         s = self.settings
-        needed = out.needed if out.needed is not None else self.pipeline.store.min_needed_offsets()
+        needed = out.needed if out.needed is not None else self._min_needed_offsets()
         commits: dict[TopicPartition, tuple[int, str]] = {}
         for tp, last in last_offset.items():
             start = min(needed.get(self._slot(tp), last + 1), last + 1)
@@ -1295,9 +1420,16 @@ class Service(Lifecycle):
         except KafkaError as exc:
             raise _NotCommittedError(f"could not commit a batch transaction: {exc!r}") from exc
 
+    def _min_needed_offsets(self) -> dict[int, int]:
+        """Per partition slot, where a restart must read from to rebuild every route's windows."""
+        needed: dict[int, int] = {}
+        for route in self._routes:
+            for slot, offset in route.store.min_needed_offsets().items():
+                needed[slot] = min(offset, needed.get(slot, offset))
+        return needed
+
     def _commit_metadata(self, tp: TopicPartition, through: int) -> str:
         """The fullest detector state that fits in Kafka's commit metadata limit."""
-        detector = self.pipeline.detector
         assets = self._partition_assets.get(tp, set())
         limit = self.settings.kafka.offset_metadata_max_bytes
         now = time.monotonic()
@@ -1305,8 +1437,15 @@ class Service(Lifecycle):
         # compressing every asset's state twice per batch only to find it still too large.
         if self._bare_commits_until.get(tp, 0.0) <= now:
             for history in (True, False):
-                snapshot = detector.snapshot(assets, history=history) or None
-                text = offsets.encode(offsets.CommitState(through, snapshot), limit=limit)
+                snapshots = {
+                    route.name: snapshot
+                    for route in self._routes
+                    if (snapshot := route.detector.snapshot(assets, history=history))
+                }
+                state = offsets.CommitState(
+                    through, detector=snapshots.pop(DEFAULT_ROUTE, None), routes=snapshots or None
+                )
+                text = offsets.encode(state, limit=limit)
                 if text is not None:
                     if not history:
                         logger.debug("%s: k-of-n histories left out of the commit (too large)", tp)

@@ -59,12 +59,16 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "timeseries",
                 (
                     Target(f'plantwatch_anomaly_score{{{SEL}, asset=~"$asset"}}', "{{asset}}"),
-                    Target(f"max(plantwatch_anomaly_threshold{{{SEL}}})", "threshold"),
+                    Target(
+                        f"max by (route) (plantwatch_anomaly_threshold{{{SEL}}})",
+                        "threshold ({{route}})",
+                    ),
                 ),
                 w=16,
                 h=9,
                 description="Latest window score per asset (first metrics.max_asset_labels "
-                "assets) and the model's alert threshold.",
+                "assets) and the alert threshold of each route's model (one route, default, "
+                "unless the service has routes).",
             ),
             Panel(
                 "Open alerts",
@@ -78,7 +82,7 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "table",
                 (
                     Target(
-                        f"topk(10, plantwatch_anomaly_score{{{SEL}}} / on (job, instance) "
+                        f"topk(10, plantwatch_anomaly_score{{{SEL}}} / on (job, instance, route) "
                         f"group_left () plantwatch_anomaly_threshold{{{SEL}}})",
                         "{{asset}}",
                         instant=True,

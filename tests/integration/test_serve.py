@@ -86,6 +86,40 @@ async def _monitor_by_group(
     return await read_alerts(kafka_bootstrap, alerts), figures
 
 
+async def _monitor_routed(
+    kafka_bootstrap: str, new_topic: NewTopic, bundles: dict[str, Path], sim: PlantSimulator
+) -> tuple[list, dict[str, float]]:
+    """One service for every asset group of ``bundles`` (pattern: bundle): the first group's
+    bundle as model.path, a route (Settings.routes) for each of the others."""
+    readings = await new_topic(partitions=3)
+    alerts = await new_topic(partitions=1)
+    dlq = await new_topic(partitions=1)
+    produced = await produce(sim, kafka_bootstrap, readings)
+    (first, bundle), *others = bundles.items()
+    routes = [
+        {"name": f"group-{i}", "asset_patterns": [group], "model": str(path)}
+        for i, (group, path) in enumerate(others)
+    ]
+    settings = settings_for(
+        kafka_bootstrap,
+        bundle,
+        readings=readings,
+        alerts=alerts,
+        dead_letter=dlq,
+        input={"asset_patterns": [first]},
+        routes=routes,
+    )
+    async with running(settings) as service:
+        await wait_consumed(service, readings, produced)
+        figures = {
+            result: sample(service, "plantwatch_readings_total", {"result": result})
+            for result in ("ok", "other_asset", "invalid")
+        }
+        figures["produced"] = produced
+        figures["scored"] = sample(service, "plantwatch_windows_scored_total")
+    return await read_alerts(kafka_bootstrap, alerts), figures
+
+
 def _fault_stream() -> PlantSimulator:
     """4 hours of day 2 with one fault of each kind."""
     return PlantSimulator(
@@ -177,7 +211,8 @@ async def test_a_service_per_kind_of_machine_on_one_topic(
     kafka_bootstrap: str, new_topic: NewTopic, plant_bundles_by_group: dict[str, Path]
 ) -> None:
     """The fault stream through a pump service and a compressor service side by side, each with
-    the bundle trained on its kind (bench/results/detection.md, session 14)."""
+    the bundle trained on its kind (bench/results/detection.md, session 14); then through one
+    service with a route per kind (Settings.routes), which must raise the very same events."""
     sim = _fault_stream()
     events, figures = await _monitor_by_group(
         kafka_bootstrap, new_topic, plant_bundles_by_group, sim
@@ -197,6 +232,20 @@ async def test_a_service_per_kind_of_machine_on_one_topic(
             assert fault in matched, f"{fault.kind} on {fault.asset} raised no alert\n{report}"
     assert false_alerts <= 1, report
     assert_alert_sequences(events)
+
+    # The same plant through one service with a route per kind: the same alert events.
+    routed, together = await _monitor_routed(
+        kafka_bootstrap, new_topic, plant_bundles_by_group, sim
+    )
+    assert together["ok"] == produced, together
+    assert together["other_asset"] == together["invalid"] == 0, together
+    assert together["scored"] == produced - 31 * len(sim.assets), together
+    assert _events(routed) == _events(events)
+
+
+def _events(events: list) -> list[tuple]:
+    """The events in a comparable order, with what defines them."""
+    return sorted((e.event_id, e.asset, e.ts_ms, e.severity.value, e.score) for e in events)
 
 
 async def test_normal_stream_raises_no_alerts(

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.bundle import load_bundle
 from monitor.errors import ConfigError
-from monitor.records import encode_binary, encode_json_reading
+from monitor.records import Reading, encode_binary, encode_json_batch, encode_json_reading
 from monitor.service import SWITCH_INTERVAL_S, Service
 from tests.harness import (
     group_input,
@@ -245,6 +245,88 @@ async def test_services_for_asset_groups_share_a_topic_and_skip_each_others_asse
     records = await read_topic(kafka_bootstrap, dlq)
     reasons = Counter(dict(r.headers)["plantwatch.reason"] for r in records)
     assert reasons == {b"unknown_asset": len(ts) + 1, b"undecodable": 1}
+
+
+async def test_one_service_routes_each_group_of_assets_to_its_bundle(
+    kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path
+) -> None:
+    """Settings.routes: one service, one read of the topic, a bundle per group of assets. Each
+    reading is scored by exactly one route, the first whose patterns match its asset (keyed or
+    not); a message no route takes is dead-lettered once, not once per route."""
+    readings, alerts, dlq = [await new_topic(partitions=2) for _ in range(3)]
+    ts, values = _good_readings(100)
+    keyed = ("pump-01", "compressor-01", "crusher-01")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for t, v in zip(ts, values, strict=True):
+            for asset in keyed:
+                await producer.send(readings, encode_json_reading(asset, t, v), key=asset.encode())
+            # No key (one partition, else its readings would arrive out of order).
+            await producer.send(readings, encode_json_reading("compressor-02", t, v), partition=0)
+        bad = {
+            b"\x00not json": b"pump-01",
+            b"\x00not json either": b"compressor-01",
+            encode_json_reading("boiler-9", ts[0], values[0]): b"boiler-9",
+            encode_json_reading("boiler-8", ts[0], values[0]): None,
+            encode_json_batch(
+                [Reading("pump-02", ts[0], values[0]), Reading("compressor-03", ts[0], values[0])]
+            ): None,
+        }
+        for value, key in bad.items():
+            await producer.send(readings, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    sent = 4 * len(ts) + len(bad)
+
+    settings = settings_for(
+        kafka_bootstrap,
+        plant_bundle,
+        readings=readings,
+        alerts=alerts,
+        dead_letter=dlq,
+        input={"asset_patterns": ["pump-*"]},
+        routes=[
+            {"name": "compressors", "asset_patterns": ["compressor-*"], "model": plant_bundle},
+            # compressor-* match this one too: the first route listed takes them.
+            {"name": "c-rest", "asset_patterns": ["c*"], "model": plant_bundle},
+        ],
+    )
+    async with running(settings) as service:
+        await wait_consumed(service, readings, sent)
+        results = {
+            result: sample(service, "plantwatch_readings_total", {"result": result})
+            for result in ("ok", "other_asset", "invalid")
+        }
+        scored = sample(service, "plantwatch_windows_scored_total")
+        every = (*keyed, "compressor-02", "compressor-03", "pump-02", "boiler-8", "boiler-9")
+        tracked = {
+            route.name: sorted(a for a in every if a in route.store) for route in service.routes
+        }
+        scores = {
+            (asset, route): sample(
+                service, "plantwatch_anomaly_score", {"asset": asset, "route": route}
+            )
+            for asset, route in (("pump-01", "default"), ("compressor-02", "compressors"))
+        }
+        thresholds = [
+            sample(service, "plantwatch_anomaly_threshold", {"route": name})
+            for name in ("default", "compressors", "c-rest")
+        ]
+    assert results == {"ok": 4 * len(ts), "other_asset": 0, "invalid": len(bad)}
+    assert scored == 4 * (len(ts) - 31)
+    assert tracked == {
+        "compressors": ["compressor-01", "compressor-02"],
+        "c-rest": ["crusher-01"],
+        "default": ["pump-01"],
+    }
+    assert all(score > 0 for score in scores.values()), scores
+    assert all(threshold > 0 for threshold in thresholds), thresholds
+    records = await read_topic(kafka_bootstrap, dlq)
+    assert sorted(r.value for r in records) == sorted(bad)
+    reasons = Counter(dict(r.headers)["plantwatch.reason"] for r in records)
+    assert reasons == {b"undecodable": 2, b"unknown_asset": 3}
 
 
 async def test_readyz_follows_partition_ownership(

@@ -254,7 +254,9 @@ async def test_hot_reload_swaps_valid_and_refuses_tampered_bundles(
         )
         assert service.models.current.threshold == pytest.approx(2 * threshold)
         assert sample(service, "plantwatch_model_reloads_total", {"result": "ok"}) == 1
-        assert sample(service, "plantwatch_anomaly_threshold") == pytest.approx(2 * threshold)
+        assert sample(
+            service, "plantwatch_anomaly_threshold", {"route": "default"}
+        ) == pytest.approx(2 * threshold)
         produced = await producing
         await wait_for(
             lambda: sample(service, "plantwatch_readings_total", {"result": "ok"}) == produced,

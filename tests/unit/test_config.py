@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,31 @@ def test_webhook_tls_errors_are_one_line(
     with pytest.raises(ConfigError, match=message) as info:
         load_settings(write(tmp_path, text), env)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("routes", "message"),
+    [
+        ("[{name: c, asset_patterns: [c*], model: /c}, {name: c, asset_patterns: [d*], model: /d}]",
+         "'c' is listed twice"),
+        ("[{name: default, asset_patterns: [c*], model: /c}]", "names model.path's route"),
+        ("[{name: c, asset_patterns: [], model: /c}]", "routes.0.asset_patterns"),
+        ("[{name: c, asset_patterns: [c*]}]", "routes.0.model"),
+        ("[{name: 'c d', asset_patterns: [c*], model: /c}]", "routes.0.name"),
+    ],
+)  # fmt: skip
+def test_bad_routes_end_in_one_line_naming_them(tmp_path: Path, routes: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model: {{path: /m}}\nroutes: {routes}\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(path, {})
+
+
+def test_a_route_can_be_set_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {path: /m}\nroutes: [{name: c, asset_patterns: [c*], model: /c}]\n")
+    s = load_settings(path, {"PLANTWATCH_ROUTES__0__MODEL": "/bundles/c2"})
+    assert [(r.name, r.asset_patterns, str(r.model)) for r in s.routes] == [
+        ("c", ("c*",), "/bundles/c2")
+    ]
+    assert s.routes[0].detector is None  # the top-level detector section applies

@@ -21,7 +21,7 @@ def test_names_units_and_exposition_parse() -> None:
     m = Metrics(registry, process=False)
     m.readings.labels("ok").inc(3)
     m.scoring_latency.observe(0.002)
-    m.set_model("pumps", "v1", "ab" * 32, "CPUExecutionProvider")
+    m.set_model("pumps", "v1", "ab" * 32, "CPUExecutionProvider", threshold=0.5)
     fams = families(registry)
     assert ({"result": "ok"}, 3.0) in [(lb, v) for lb, v in fams["plantwatch_readings"]]
     assert "plantwatch_scoring_latency_seconds" in fams
@@ -29,6 +29,7 @@ def test_names_units_and_exposition_parse() -> None:
     assert info == [
         (
             {
+                "route": "default",
                 "name": "pumps",
                 "version": "v1",
                 "sha256": "ab" * 32,
@@ -44,10 +45,40 @@ def test_names_units_and_exposition_parse() -> None:
 def test_model_info_keeps_one_series_after_reload() -> None:
     registry = CollectorRegistry()
     m = Metrics(registry, process=False)
-    m.set_model("pumps", "v1", "a" * 64, "CPUExecutionProvider")
-    m.set_model("pumps", "v2", "b" * 64, "CPUExecutionProvider")
+    m.set_model("pumps", "v1", "a" * 64, "CPUExecutionProvider", threshold=0.5)
+    m.set_model("pumps", "v2", "b" * 64, "CPUExecutionProvider", threshold=0.6)
     series = families(registry)["plantwatch_model_info"]
     assert [labels["version"] for labels, _ in series] == ["v2"]
+    assert families(registry)["plantwatch_anomaly_threshold"] == [({"route": "default"}, 0.6)]
+
+
+def test_each_route_has_its_model_threshold_and_scores() -> None:
+    """With routes (Settings.routes), per-model series carry the route: a reload of one route
+    replaces only its own model series, and scores divide by their own route's threshold."""
+    registry = CollectorRegistry()
+    m = Metrics(registry, max_asset_labels=3, process=False)
+    m.set_model("pumps", "v1", "a" * 64, "CPUExecutionProvider", threshold=0.5)
+    m.set_model("compressors", "v1", "c" * 64, "CPUExecutionProvider", threshold=2.0, route="c")
+    m.set_model("pumps", "v2", "b" * 64, "CPUExecutionProvider", threshold=0.6)
+    fams = families(registry)
+    info = sorted(
+        (lb["route"], lb["name"], lb["version"]) for lb, _ in fams["plantwatch_model_info"]
+    )
+    assert info == [("c", "compressors", "v1"), ("default", "pumps", "v2")]
+    thresholds = {lb["route"]: v for lb, v in fams["plantwatch_anomaly_threshold"]}
+    assert thresholds == {"default": 0.6, "c": 2.0}
+    m.set_asset_scores({"pump-1": 0.3, "pump-2": 0.4})
+    m.set_asset_scores({"comp-1": 1.0, "comp-2": 3.0}, "c")  # the cap (3) counts every route
+    fams = families(registry)
+    by_asset = {lb["asset"]: (lb["route"], v) for lb, v in fams["plantwatch_anomaly_score"]}
+    assert by_asset == {
+        "pump-1": ("default", 0.3),
+        "pump-2": ("default", 0.4),
+        "comp-1": ("c", 1.0),
+    }
+    assert fams["plantwatch_asset_labels_dropped"] == [({}, 1.0)]
+    m.forget_assets(["comp-1"])
+    assert "comp-1" not in scores(registry)
 
 
 def test_asset_labels_are_capped() -> None:

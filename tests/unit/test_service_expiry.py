@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 from aiokafka import TopicPartition
 
-from monitor.config import Settings
+from monitor.config import DEFAULT_ROUTE, Settings
 from monitor.detector import Detector, DetectorConfig
 from monitor.events import ModelRef
 from monitor.records import Decoder, DecoderConfig
-from monitor.service import Service, _Pipeline
+from monitor.service import Service, _Route
 from monitor.windows import WindowStore
 
 FEATURES = ("a", "b")
@@ -25,16 +25,20 @@ def _service(tmp_path: Path) -> Service:
         {"model": {"path": str(tmp_path)}, "windows": {"idle_timeout_s": 30}}
     )
     service = Service(settings)
-    service._pipeline = _Pipeline(
-        decoder=Decoder(DecoderConfig(features=FEATURES)),
-        store=WindowStore(length=4, n_features=2, interval_ms=I, idle_timeout_ms=30 * I),
-        detector=Detector(
-            DetectorConfig(k=1, n=1, m=5),
-            threshold=1.0,
-            features=FEATURES,
-            model=ModelRef("m", "1", "0" * 64),
-        ),
-    )
+    service._routes = [
+        _Route(
+            DEFAULT_ROUTE,
+            service.models,
+            decoder=Decoder(DecoderConfig(features=FEATURES)),
+            store=WindowStore(length=4, n_features=2, interval_ms=I, idle_timeout_ms=30 * I),
+            detector=Detector(
+                DetectorConfig(k=1, n=1, m=5),
+                threshold=1.0,
+                features=FEATURES,
+                model=ModelRef("m", "1", "0" * 64),
+            ),
+        )
+    ]
     return service
 
 
@@ -72,8 +76,8 @@ def test_silent_assets_are_expired_but_open_alerts_stay(tmp_path: Path) -> None:
     assert service.pipeline.detector.open_alerts() == 1
     get = service.registry.get_sample_value
     assert get("plantwatch_data_quality_events_total", {"kind": "asset_expired"}) == 2
-    assert get("plantwatch_anomaly_score", {"asset": "gone"}) is None
-    assert get("plantwatch_anomaly_score", {"asset": "live-1"}) == 0.5
+    assert get("plantwatch_anomaly_score", {"asset": "gone", "route": "default"}) is None
+    assert get("plantwatch_anomaly_score", {"asset": "live-1", "route": "default"}) == 0.5
 
 
 def test_no_expiry_without_idle_timeout(tmp_path: Path) -> None:

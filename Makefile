@@ -79,7 +79,7 @@ demo-steps:
 	@mkdir -p $(DEMO)
 	$(BIN)/plantwatch simulate --out $(DEMO)/normal.parquet --pumps 4 --compressors 2 \
 	  --duration 12h --faults 0 --seed 1 --plant-seed 1
-	@# A bundle per kind of machine, served side by side (README, "Several kinds of machine").
+	@# A bundle per kind of machine, served by one serve with a route each (README, "Routes").
 	$(BIN)/plantwatch train --data $(DEMO)/normal.parquet --out $(DEMO)/bundle-pumps \
 	  --assets 'pump-*' --model dense --window 32 --epochs 40 --no-progress --name demo-pumps
 	$(BIN)/plantwatch train --data $(DEMO)/normal.parquet --out $(DEMO)/bundle-compressors \

@@ -5,9 +5,9 @@ the simulated plant's normal data and started the local Kafka broker. It:
 
 1. starts a webhook receiver on 127.0.0.1 that verifies each request's HMAC signature and prints
    the alert it carries;
-2. starts one ``plantwatch serve`` (a real process) per bundle, side by side on the same readings
-   topic (``input.asset_patterns`` for its kind, ``input.other_asset_patterns`` for the others),
-   each with delivery to that receiver;
+2. starts one ``plantwatch serve`` (a real process) with a route per bundle: the first bundle
+   is ``model.path`` for the assets of its kind (``input.asset_patterns``), each other one a
+   ``routes`` entry for its kind; with delivery to that receiver;
 3. streams a later period of the same plant, with one injected fault of every kind, to Kafka;
 4. waits until everything is scored and delivered, prints the alerts next to the faults that
    were injected and where the metrics are, and stops serve with SIGTERM.
@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -109,29 +110,30 @@ async def main(args: argparse.Namespace) -> int:
     serves: list[tuple[str, asyncio.subprocess.Process, int]] = []
     exe = Path(sys.executable).with_name("plantwatch")
     try:
-        for i, (pattern, bundle) in enumerate(bundles.items()):
-            metrics_port = _free_port()
-            config = _serve_config(args, run, i, topics, hook_port, metrics_port, bundle)
-            if pattern != "*":
-                config["input"]["asset_patterns"] = [pattern]
-                config["input"]["other_asset_patterns"] = [p for p in bundles if p != pattern]
-            config_path = args.workdir / f"plantwatch-{i}.yaml"
-            config_path.write_text(yaml.safe_dump(config))
-            log_path = args.workdir / f"serve-{i}.log"
-            print(
-                f"starting: plantwatch serve --config {config_path}   "
-                f"(assets {pattern}, bundle {bundle}, log: {log_path})"
+        metrics_port = _free_port()
+        (pattern, bundle), *others = bundles.items()
+        config = _serve_config(args, run, 0, topics, hook_port, metrics_port, bundle)
+        if pattern != "*":
+            config["input"]["asset_patterns"] = [pattern]
+        config["routes"] = [
+            {"name": _route_name(p), "asset_patterns": [p], "model": str(path)}
+            for p, path in others
+        ]
+        config_path = args.workdir / "plantwatch.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        log_path = args.workdir / "serve.log"
+        kinds = ", ".join(f"{p}: {path}" for p, path in bundles.items())
+        print(f"starting: plantwatch serve --config {config_path}   ({kinds}; log: {log_path})")
+        with log_path.open("wb") as log:
+            serve = await asyncio.create_subprocess_exec(
+                str(exe),
+                "serve",
+                "--config",
+                str(config_path),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
-            with log_path.open("wb") as log:
-                serve = await asyncio.create_subprocess_exec(
-                    str(exe),
-                    "serve",
-                    "--config",
-                    str(config_path),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            serves.append((str(log_path), serve, metrics_port))
+        serves.append((str(log_path), serve, metrics_port))
         return await _stream_and_report(args, serves, topics, receiver)
     finally:
         for log_name, serve, _ in serves:
@@ -151,6 +153,11 @@ def _bundles(specs: list[str]) -> dict[str, Path]:
     if "*" in out and len(out) > 1:
         raise SystemExit("--bundle: a bundle for every asset cannot be combined with others")
     return out
+
+
+def _route_name(pattern: str) -> str:
+    """A route name from an asset pattern (``compressor-*`` -> ``compressor``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "", pattern).strip("-.") or "route"
 
 
 def _serve_config(
@@ -281,7 +288,7 @@ if __name__ == "__main__":
         action="append",
         required=True,
         metavar="[PATTERN=]PATH",
-        help="a bundle, for the assets PATTERN matches (one serve each); repeat per kind",
+        help="a bundle, for the assets PATTERN matches (a route each); repeat per kind",
     )
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument(

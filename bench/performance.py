@@ -306,9 +306,11 @@ async def start_service(
     detector: dict[str, Any] | None = None,
     windows: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None,
+    routes: list[dict[str, Any]] | None = None,
     **input_settings: Any,
 ) -> tuple[Service, asyncio.Task[None]]:
-    """The real service on ``topic`` in a fresh group, with its own alert and dead-letter topics."""
+    """The real service on ``topic`` in a fresh group, with its own alert and dead-letter topics
+    (``routes``: its further bundles, see ``Settings.routes``)."""
     from prometheus_client import CollectorRegistry
 
     tag = uuid.uuid4().hex[:6]
@@ -325,6 +327,7 @@ async def start_service(
             "model": {"path": str(bundle.path), "device": "cpu", "reload": "off", **(model or {})},
             "alerts": {"topic": f"bench-alerts-{tag}"},
             "detector": detector or {},
+            "routes": routes or [],
             "windows": windows or {},
             "delivery": {"enabled": False},
             "http": {"host": "127.0.0.1", "port": 0},
@@ -360,13 +363,15 @@ async def plantwatch_run(
     bundle: Bundle,
     n_messages: int,
     model: dict[str, Any] | None = None,
+    routes: list[dict[str, Any]] | None = None,
     **input_settings: Any,
 ) -> PipelineRun:
     """The real service consuming, scoring and committing every message of ``topic``
-    (``input_settings``: more of its ``input`` section)."""
+    (``input_settings``: more of its ``input`` section; ``routes``: its further bundles)."""
     service, task = await start_service(
-        bootstrap, topic, bundle, model=model, fetch_max_records=5000, **input_settings
-    )
+        bootstrap, topic, bundle, model=model, routes=routes, fetch_max_records=5000,
+        **input_settings,
+    )  # fmt: skip
     try:
         started = time.perf_counter()
         while True:

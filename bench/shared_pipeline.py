@@ -11,7 +11,10 @@ the whole plant's readings take:
 * ``shared topic``: two services at once, one per kind, both reading the one topic that holds
   every asset (``input.asset_patterns`` its own kind, ``input.other_asset_patterns`` the other):
   each passes over the other's messages;
-* ``topic per kind``: two services at once, each reading a topic that holds its kind only.
+* ``topic per kind``: two services at once, each reading a topic that holds its kind only;
+* ``one service, routes``: one service reading the one topic, a route per kind
+  (``input.asset_patterns`` and ``model.path`` for one kind, ``routes`` for the other): every
+  message is fetched once, and each route's decoder sets the other's aside.
 
 Each service runs in a process of its own (as two deployments would), both started together
 behind a barrier; a configuration's time is the slower service's, from the moment it is started
@@ -161,6 +164,18 @@ def main() -> int:
             "topic per kind": [
                 (topic, n, {"asset_patterns": [KINDS[kind]]})
                 for kind, (topic, n) in per_kind.items()
+            ],
+            "one service, routes": [
+                (
+                    plant,
+                    n_plant,
+                    {
+                        "asset_patterns": [KINDS["a"]],
+                        "routes": [
+                            {"name": "b", "asset_patterns": [KINDS["b"]], "model": bundle.path}
+                        ],
+                    },
+                )
             ],
         }
         found: dict[str, list[tuple[float, float, float, float]]] = {c: [] for c in configs}

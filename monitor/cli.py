@@ -677,10 +677,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         ) from None
     if args.via_kafka and args.protocol != "generic":
         raise ConfigError("--via-kafka replays the generic protocol's test files only")
-    if args.asset_groups and (args.protocol != "generic" or args.via_kafka or args.bundle):
-        raise ConfigError(
-            "--asset-groups is for the generic protocol, without --via-kafka or --bundle"
-        )
+    if args.asset_groups and (args.protocol != "generic" or args.bundle):
+        raise ConfigError("--asset-groups is for the generic protocol, without --bundle")
     if args.threads:
         import torch
 
@@ -736,13 +734,24 @@ def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
     agreement = None
     if args.via_kafka:
         from training.evaluate.online import agree_via_kafka
+        from training.evaluate.protocols import group_of
 
+        bundles = [Path(path) for path in result.bundles.values()]
+        routes: list[tuple[Path, list[str]]] = []
+        if args.asset_groups:
+            # The first group's bundle serves as model.path, each other's as a route for the
+            # series that group scored offline.
+            names: dict[str | None, list[str]] = {group: [] for group in args.asset_groups}
+            for r in result.replays:
+                names[group_of(r.series.asset, args.asset_groups)].append(r.series.name)
+            routes = list(zip(bundles[1:], [names[g] for g in args.asset_groups[1:]], strict=True))
         agreement = agree_via_kafka(
             result.replays,
-            Path(result.bundles["bundle"]),
+            bundles[0],
             alerts.detector(result.options["model"]["window"]),
             bootstrap=args.bootstrap,
             hold=alerts.hold_settings(),
+            routes=routes,
         )
         result.extra["kafka_agreement"] = agreement.to_json()
         print(f"via kafka: {agreement.summary()}")

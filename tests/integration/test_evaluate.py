@@ -295,6 +295,34 @@ def test_offline_and_online_agree_via_kafka(tmp_path: Path, kafka_bootstrap: str
     assert agreement.events_matched == held_events
 
 
+@pytest.mark.kafka
+def test_asset_groups_online_are_one_service_with_a_route_per_group(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """``evaluate --asset-groups --via-kafka``: the bundle per group, trained and scored offline,
+    served online by one Service with a route per group (Settings.routes) gives the same window
+    scores and alert events."""
+    import json
+
+    from monitor.cli import main
+
+    data = _small_sim(tmp_path)
+    out = tmp_path / "figures.json"
+    args = [
+        "evaluate", "--protocol", "generic", "--data", str(data), "--window", "16",
+        "--epochs", "3", "--k", "4", "--n", "6", "--m", "6",
+        "--asset-groups", "compressor-*,pump-*", "--via-kafka", "--bootstrap", kafka_bootstrap,
+        "--json", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    doc = json.loads(out.read_text())
+    agreement = doc["kafka_agreement"]
+    assert agreement["agree"], agreement["differences"]
+    assert agreement["series"] == 2
+    assert agreement["windows_matched"] == agreement["windows_offline"] > 0
+    assert agreement["events_matched"] == agreement["events_offline"] >= 2
+
+
 def test_skab_ignore_sensors_leaves_them_out_of_the_model(tmp_path: Path) -> None:
     from monitor.bundle import load_bundle
     from monitor.errors import ConfigError

@@ -161,7 +161,6 @@ def test_threshold_calibration_failure_is_one_line(
     "extra",
     [
         ["--protocol", "skab"],
-        ["--protocol", "generic", "--via-kafka"],
         ["--protocol", "generic", "--bundle", "some/bundle"],
     ],
 )
@@ -172,8 +171,7 @@ def test_evaluate_asset_groups_misuse_is_one_line(
     assert main(args) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line == (
-        "plantwatch evaluate: error: --asset-groups is for the generic protocol, "
-        "without --via-kafka or --bundle"
+        "plantwatch evaluate: error: --asset-groups is for the generic protocol, without --bundle"
     )
 
 

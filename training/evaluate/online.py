@@ -18,6 +18,7 @@ The topics are created for the run (unique names) and deleted afterwards.
 from __future__ import annotations
 
 import asyncio
+import glob
 import json
 import logging
 import math
@@ -107,15 +108,18 @@ def agree_via_kafka(
     atol: float = 1e-6,
     max_gap_steps: int = 3,
     hold: HoldSettings | None = None,
+    routes: Sequence[tuple[Path, Sequence[str]]] = (),
 ) -> Agreement:
     """Stream ``replays``' readings through Kafka and ``serve``; compare with them.
 
     ``detector`` must be the rule the offline replays used (``k``/``n``/``m``/hysteresis; the
-    rest at the service defaults), and ``hold`` their ``detector.hold`` if any. Raises
-    :class:`KafkaUnavailableError` without a broker.
+    rest at the service defaults), and ``hold`` their ``detector.hold`` if any. ``routes``:
+    further bundles, each with the names of the series it scored offline (an evaluation with
+    asset groups); the service then has a route for each (``Settings.routes``), and ``bundle``
+    scores the other series. Raises :class:`KafkaUnavailableError` without a broker.
     """
     return asyncio.run(
-        _agree(replays, bundle, detector, bootstrap, rtol, atol, max_gap_steps, hold)
+        _agree(replays, bundle, detector, bootstrap, rtol, atol, max_gap_steps, hold, routes)
     )
 
 
@@ -128,6 +132,7 @@ async def _agree(
     atol: float,
     max_gap_steps: int,
     hold: HoldSettings | None = None,
+    routes: Sequence[tuple[Path, Sequence[str]]] = (),
 ) -> Agreement:
     started = time.perf_counter()
     names = [r.series.name for r in replays]
@@ -159,6 +164,15 @@ async def _agree(
                 },
                 "model": {"path": str(bundle), "device": "cpu", "reload": "off"},
                 "windows": {"max_gap_steps": max_gap_steps},
+                # Each series is streamed as an asset of its name: a route takes those it names.
+                "routes": [
+                    {
+                        "name": f"route-{i}",
+                        "asset_patterns": [glob.escape(name) for name in names],
+                        "model": str(path),
+                    }
+                    for i, (path, names) in enumerate(routes)
+                ],
                 "detector": {
                     "k": detector.k,
                     "n": detector.n,

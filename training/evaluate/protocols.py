@@ -620,13 +620,22 @@ def _generic(
     return EvaluationResult("generic", figures, replays, options, 0.0, paths)
 
 
-def _group_of(asset: str | None, groups: Sequence[str], file: Path) -> str:
-    """The first of ``groups`` (fnmatch patterns) that ``asset`` matches."""
+def group_of(asset: str | None, groups: Sequence[str]) -> str | None:
+    """The first of ``groups`` (fnmatch patterns) that ``asset`` matches (None: none)."""
     if asset is not None:
         for group in groups:
             if fnmatch.fnmatchcase(asset, group):
                 return group
-    raise DataError(f"{file}: asset {asset!r} is in none of the asset groups ({', '.join(groups)})")
+    return None
+
+
+def _group_of(asset: str | None, groups: Sequence[str], file: Path) -> str:
+    group = group_of(asset, groups)
+    if group is None:
+        raise DataError(
+            f"{file}: asset {asset!r} is in none of the asset groups ({', '.join(groups)})"
+        )
+    return group
 
 
 def _generic_series(

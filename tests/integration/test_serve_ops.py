@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.bundle import load_bundle
+from monitor.bundle import MANIFEST_FILE, load_bundle
 from monitor.errors import ConfigError
 from monitor.records import Reading, encode_binary, encode_json_batch, encode_json_reading
 from monitor.service import SWITCH_INTERVAL_S, Service
@@ -29,6 +30,7 @@ from tests.harness import (
     sample,
     settings_for,
     wait_consumed,
+    wait_for,
 )
 from training.simulator import PlantConfig, PlantSimulator
 
@@ -327,6 +329,58 @@ async def test_one_service_routes_each_group_of_assets_to_its_bundle(
     assert sorted(r.value for r in records) == sorted(bad)
     reasons = Counter(dict(r.headers)["plantwatch.reason"] for r in records)
     assert reasons == {b"undecodable": 2, b"unknown_asset": 3}
+
+
+async def test_each_route_reloads_its_own_bundle(
+    kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path, tmp_path: Path
+) -> None:
+    """A route's bundle is watched on its own: a retuned one replaces that route's model, its
+    threshold and model_info series, and leaves the default route's alone."""
+    readings, alerts, dlq = [await new_topic(partitions=1) for _ in range(3)]
+    route_bundle = tmp_path / "compressors"
+    shutil.copytree(plant_bundle, route_bundle)
+    settings = settings_for(
+        kafka_bootstrap,
+        plant_bundle,
+        readings=readings,
+        alerts=alerts,
+        dead_letter=dlq,
+        input={"asset_patterns": ["pump-*"]},
+        model={"reload": "watch", "reload_poll_s": 0.2},
+        routes=[{"name": "comp", "asset_patterns": ["compressor-*"], "model": route_bundle}],
+    )
+    async with running(settings) as service:
+        route, default = service.routes
+        threshold = route.models.current.threshold
+        staging = tmp_path / "staging"
+        shutil.copytree(plant_bundle, staging)
+        doc = json.loads((staging / MANIFEST_FILE).read_text())
+        doc["model"]["version"] = "v2-compressors"
+        doc["threshold"]["value"] *= 2
+        (staging / MANIFEST_FILE).write_text(json.dumps(doc))
+        shutil.rmtree(route_bundle)
+        staging.rename(route_bundle)
+        await wait_for(
+            lambda: route.models.current.ref.version == "v2-compressors",
+            within=20,
+            what="the route's retuned bundle to be swapped in",
+        )
+        assert default.models.current.ref.version != "v2-compressors"
+        assert default.models.current.threshold == pytest.approx(threshold)
+        thresholds = {
+            name: sample(service, "plantwatch_anomaly_threshold", {"route": name})
+            for name in ("default", "comp")
+        }
+        assert thresholds == pytest.approx({"default": threshold, "comp": 2 * threshold})
+        info = [
+            s.labels
+            for family in service.registry.collect()
+            if family.name == "plantwatch_model_info"
+            for s in family.samples
+        ]
+        assert sorted((i["route"], i["version"]) for i in info) == sorted(
+            [("comp", "v2-compressors"), ("default", default.models.current.ref.version)]
+        )
 
 
 async def test_readyz_follows_partition_ownership(

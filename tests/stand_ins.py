@@ -3,10 +3,43 @@
 from __future__ import annotations
 
 import json
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
+
+from monitor.config import DEFAULT_ROUTE
+from monitor.detector import Detector, DetectorConfig
+from monitor.events import ModelRef
+from monitor.records import Decoder, DecoderConfig
+from monitor.service import _Route
+from monitor.windows import WindowStore
+
+#: The sensors of the hand-built routes.
+FEATURES = ("a", "b")
+
+
+def route(
+    models: Any,
+    name: str = DEFAULT_ROUTE,
+    *,
+    store: WindowStore | None = None,
+    detector: Detector | None = None,
+    n: int = 1,
+) -> _Route:
+    """A route built by hand, as Service.start builds one from a bundle: two sensors, windows of
+    4 one-second readings, an alert on any window at or above 1.0 (of the last ``n``)."""
+    if store is None:
+        store = WindowStore(length=4, n_features=2, interval_ms=1000)
+    if detector is None:
+        detector = Detector(
+            DetectorConfig(k=1, n=n, m=5),
+            threshold=1.0,
+            features=FEATURES,
+            model=ModelRef("m", "1", "0" * 64),
+        )
+    decoder = Decoder(DecoderConfig(features=FEATURES))
+    return _Route(name, models, decoder=decoder, store=store, detector=detector)
 
 
 def json_record(

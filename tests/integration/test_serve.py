@@ -55,68 +55,48 @@ async def _monitor(
 
 
 async def _monitor_by_group(
-    kafka_bootstrap: str, new_topic: NewTopic, bundles: dict[str, Path], sim: PlantSimulator
+    kafka_bootstrap: str,
+    new_topic: NewTopic,
+    bundles: dict[str, Path],
+    sim: PlantSimulator,
+    *,
+    routed: bool = False,
 ) -> tuple[list, dict[str, dict[str, float]]]:
-    """One service per asset group of ``bundles`` (pattern: bundle), side by side on one readings
-    topic, each naming the other groups in input.other_asset_patterns; one alerts topic."""
+    """The asset groups of ``bundles`` (pattern: bundle) on one readings topic, one alerts topic:
+    a service per group side by side, each naming the other groups in
+    input.other_asset_patterns; or (``routed``) one service, the first group's bundle as
+    model.path and a route (Settings.routes) for each of the others. Figures per service."""
     readings = await new_topic(partitions=3)
     alerts = await new_topic(partitions=1)
     dlq = await new_topic(partitions=1)
     produced = await produce(sim, kafka_bootstrap, readings)
+    topics = {"readings": readings, "alerts": alerts, "dead_letter": dlq}
+    if routed:
+        (first, bundle), *others = bundles.items()
+        routes = [
+            {"name": f"group-{i}", "asset_patterns": [group], "model": str(path)}
+            for i, (group, path) in enumerate(others)
+        ]
+        extra = {"input": {"asset_patterns": [first]}, "routes": routes}
+        plans = {"routed": settings_for(kafka_bootstrap, bundle, **topics, **extra)}
+    else:
+        plans = {
+            group: settings_for(
+                kafka_bootstrap, bundle, **topics, input=group_input(group, bundles)
+            )
+            for group, bundle in bundles.items()
+        }
     figures: dict[str, dict[str, float]] = {}
     async with AsyncExitStack() as stack:
-        services = {}
-        for group, bundle in bundles.items():
-            settings = settings_for(
-                kafka_bootstrap,
-                bundle,
-                readings=readings,
-                alerts=alerts,
-                dead_letter=dlq,
-                input=group_input(group, bundles),
-            )
-            services[group] = await stack.enter_async_context(running(settings))
-        for group, service in services.items():
+        services = {name: await stack.enter_async_context(running(s)) for name, s in plans.items()}
+        for name, service in services.items():
             await wait_consumed(service, readings, produced)
-            figures[group] = {
+            figures[name] = {
                 result: sample(service, "plantwatch_readings_total", {"result": result})
                 for result in ("ok", "other_asset", "invalid")
             }
-            figures[group]["produced"] = produced
-    return await read_alerts(kafka_bootstrap, alerts), figures
-
-
-async def _monitor_routed(
-    kafka_bootstrap: str, new_topic: NewTopic, bundles: dict[str, Path], sim: PlantSimulator
-) -> tuple[list, dict[str, float]]:
-    """One service for every asset group of ``bundles`` (pattern: bundle): the first group's
-    bundle as model.path, a route (Settings.routes) for each of the others."""
-    readings = await new_topic(partitions=3)
-    alerts = await new_topic(partitions=1)
-    dlq = await new_topic(partitions=1)
-    produced = await produce(sim, kafka_bootstrap, readings)
-    (first, bundle), *others = bundles.items()
-    routes = [
-        {"name": f"group-{i}", "asset_patterns": [group], "model": str(path)}
-        for i, (group, path) in enumerate(others)
-    ]
-    settings = settings_for(
-        kafka_bootstrap,
-        bundle,
-        readings=readings,
-        alerts=alerts,
-        dead_letter=dlq,
-        input={"asset_patterns": [first]},
-        routes=routes,
-    )
-    async with running(settings) as service:
-        await wait_consumed(service, readings, produced)
-        figures = {
-            result: sample(service, "plantwatch_readings_total", {"result": result})
-            for result in ("ok", "other_asset", "invalid")
-        }
-        figures["produced"] = produced
-        figures["scored"] = sample(service, "plantwatch_windows_scored_total")
+            figures[name]["produced"] = produced
+            figures[name]["scored"] = sample(service, "plantwatch_windows_scored_total")
     return await read_alerts(kafka_bootstrap, alerts), figures
 
 
@@ -234,9 +214,10 @@ async def test_a_service_per_kind_of_machine_on_one_topic(
     assert_alert_sequences(events)
 
     # The same plant through one service with a route per kind: the same alert events.
-    routed, together = await _monitor_routed(
-        kafka_bootstrap, new_topic, plant_bundles_by_group, sim
+    routed, by_service = await _monitor_by_group(
+        kafka_bootstrap, new_topic, plant_bundles_by_group, sim, routed=True
     )
+    together = by_service["routed"]
     assert together["ok"] == produced, together
     assert together["other_asset"] == together["invalid"] == 0, together
     assert together["scored"] == produced - 31 * len(sim.assets), together

@@ -12,11 +12,8 @@ from aiokafka.structs import OffsetAndMetadata
 
 from monitor import offsets
 from monitor.config import DEFAULT_ROUTE, Settings
-from monitor.detector import Detector, DetectorConfig
-from monitor.events import ModelRef
-from monitor.records import Decoder, DecoderConfig
-from monitor.service import Service, _Route
-from monitor.windows import WindowStore
+from monitor.service import Service
+from tests.stand_ins import route
 
 FEATURES = ("a", "b")
 TP = TopicPartition("readings", 0)
@@ -32,20 +29,9 @@ def _service(tmp_path: Path, limit: int, routes: tuple[str, ...] = ()) -> Servic
         }
     )
     service = Service(settings)
+    # Routes may differ in their rule: the other routes' n is 3 here.
     service._routes = [
-        _Route(
-            name,
-            service.models,
-            decoder=Decoder(DecoderConfig(features=FEATURES)),
-            store=WindowStore(length=4, n_features=2, interval_ms=1000),
-            detector=Detector(
-                # Routes may differ in their rule: the other route's n is 3 here.
-                DetectorConfig(k=1, n=1 if name == DEFAULT_ROUTE else 3, m=5),
-                threshold=1.0,
-                features=FEATURES,
-                model=ModelRef("m", "1", "0" * 64),
-            ),
-        )
+        route(service.models, name, n=1 if name == DEFAULT_ROUTE else 3)
         for name in (*routes, DEFAULT_ROUTE)
     ]
     return service

@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 from aiokafka import TopicPartition
 
-from monitor.config import DEFAULT_ROUTE, Settings
-from monitor.detector import Detector, DetectorConfig
-from monitor.events import ModelRef
-from monitor.records import Decoder, DecoderConfig
-from monitor.service import Service, _Route
+from monitor.config import Settings
+from monitor.service import Service
 from monitor.windows import WindowStore
+from tests.stand_ins import route
 
 FEATURES = ("a", "b")
 TP = TopicPartition("readings", 0)
@@ -25,20 +23,8 @@ def _service(tmp_path: Path) -> Service:
         {"model": {"path": str(tmp_path)}, "windows": {"idle_timeout_s": 30}}
     )
     service = Service(settings)
-    service._routes = [
-        _Route(
-            DEFAULT_ROUTE,
-            service.models,
-            decoder=Decoder(DecoderConfig(features=FEATURES)),
-            store=WindowStore(length=4, n_features=2, interval_ms=I, idle_timeout_ms=30 * I),
-            detector=Detector(
-                DetectorConfig(k=1, n=1, m=5),
-                threshold=1.0,
-                features=FEATURES,
-                model=ModelRef("m", "1", "0" * 64),
-            ),
-        )
-    ]
+    store = WindowStore(length=4, n_features=2, interval_ms=I, idle_timeout_ms=30 * I)
+    service._routes = [route(service.models, store=store)]
     return service
 
 

@@ -25,13 +25,9 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from monitor import service as service_module
-from monitor.config import DEFAULT_ROUTE, Settings
-from monitor.detector import Detector, DetectorConfig
-from monitor.events import ModelRef
-from monitor.records import Decoder, DecoderConfig
-from monitor.service import Service, _Rebalance, _Route
-from monitor.windows import WindowStore
-from tests.stand_ins import GroupOffsets, json_record
+from monitor.config import Settings
+from monitor.service import Service, _Rebalance
+from tests.stand_ins import GroupOffsets, json_record, route
 
 FEATURES = ("a", "b")
 TP = TopicPartition("readings", 0)
@@ -81,20 +77,7 @@ class _Producer:
 
 def _service(tmp_path: Path) -> tuple[Service, _Consumer, _Producer]:
     service = Service(Settings.model_validate({"model": {"path": str(tmp_path)}}))
-    service._routes = [
-        _Route(
-            DEFAULT_ROUTE,
-            service.models,
-            decoder=Decoder(DecoderConfig(features=FEATURES)),
-            store=WindowStore(length=4, n_features=2, interval_ms=1000),
-            detector=Detector(
-                DetectorConfig(k=1, n=1, m=5),
-                threshold=1.0,
-                features=FEATURES,
-                model=ModelRef("m", "1", "0" * 64),
-            ),
-        )
-    ]
+    service._routes = [route(service.models)]
     records = [_record(100 + i, f"pump-{i}", 50) for i in range(3)]
     consumer = _Consumer(service, records)
     producer = _Producer()

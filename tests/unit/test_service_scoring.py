@@ -19,14 +19,13 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from monitor import service as service_module
-from monitor.config import DEFAULT_ROUTE, Settings
+from monitor.config import Settings
 from monitor.detector import Detector, DetectorConfig
 from monitor.events import ModelRef
-from monitor.records import Decoder, DecoderConfig
 from monitor.scoring import Scores
-from monitor.service import Service, _Route
+from monitor.service import Service
 from monitor.windows import WindowStore
-from tests.stand_ins import GroupOffsets, json_record
+from tests.stand_ins import GroupOffsets, json_record, route
 
 FEATURES = ("a", "b")
 PARTITIONS = [TopicPartition("readings", p) for p in range(3)]
@@ -149,15 +148,8 @@ def _service(
         ref=ModelRef("m", "1", "0" * 64),
     )
     service.models = SimpleNamespace(current=model, workers=workers)  # type: ignore[assignment]
-    service._routes = [
-        _Route(
-            DEFAULT_ROUTE,
-            service.models,
-            decoder=Decoder(DecoderConfig(features=FEATURES)),
-            store=WindowStore(length=LENGTH, n_features=2, interval_ms=1000, max_assets=max_assets),
-            detector=detector,
-        )
-    ]
+    store = WindowStore(length=LENGTH, n_features=2, interval_ms=1000, max_assets=max_assets)
+    service._routes = [route(service.models, store=store, detector=detector)]
     producer = _Producer()
     service._consumer = _Consumer(service)  # type: ignore[assignment]
     service._producer = producer  # type: ignore[assignment]

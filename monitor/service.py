@@ -201,7 +201,8 @@ class _Scoring:
 class _Route:
     """A bundle and the assets it scores, with the pure core of the data path for them, shaped
     by the bundle loaded at start: ``model.path``'s route (``default``) and one per entry of
-    ``routes``. Every route decodes every batch; each keeps only its own assets' readings."""
+    ``routes``. A message keyed by a route's asset is decoded by that route alone; an unkeyed
+    one by every route, each keeping its own assets' readings (see Service._decode)."""
 
     name: str
     models: ModelManager

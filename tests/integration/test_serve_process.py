@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -41,7 +42,11 @@ async def _topics(new_topic: NewTopic) -> Topics:
     )
 
 
-def _config(tmp_path: Path, bootstrap: str, bundle: Path, t: Topics, group: str) -> Path:
+def _config(
+    tmp_path: Path, bootstrap: str, bundle: Path, t: Topics, group: str, *, routed: bool = False
+) -> Path:
+    """serve's settings file; ``routed``: the pumps on ``model.path``, a route for the
+    compressors (the same bundle: the routing is under test, not the model)."""
     doc: dict[str, Any] = {
         "kafka": {"bootstrap_servers": bootstrap},
         "input": {"topics": [t.readings], "group_id": group, "dead_letter_topic": t.dlq},
@@ -53,6 +58,11 @@ def _config(tmp_path: Path, bootstrap: str, bundle: Path, t: Topics, group: str)
         "instance_id": "proc-test",
         "shutdown_deadline_s": 15,
     }
+    if routed:
+        doc["input"]["asset_patterns"] = ["pump-*"]
+        doc["routes"] = [
+            {"name": "compressors", "asset_patterns": ["compressor-*"], "model": str(bundle)}
+        ]
     path = tmp_path / "plantwatch.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -100,12 +110,16 @@ def _plant(hours: float, seed: int, n_faults: int) -> PlantSimulator:
     )
 
 
+@pytest.mark.parametrize("routed", [False, True], ids=["one-bundle", "routes"])
 async def test_sigkill_mid_stream_then_restart_loses_and_repeats_nothing(
-    kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path, tmp_path: Path
+    kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path, tmp_path: Path, routed: bool
 ) -> None:
+    """Killed mid-stream and restarted, serve scores every window and repeats no alert event;
+    with routes too (each route's windows and alert state restored from the commits)."""
     t = await _topics(new_topic)
     sim = _plant(2, seed=31, n_faults=6)
-    config = _config(tmp_path, kafka_bootstrap, plant_bundle, t, group="kill-test")
+    group = f"kill-test-{uuid.uuid4().hex[:6]}"
+    config = _config(tmp_path, kafka_bootstrap, plant_bundle, t, group=group, routed=routed)
     log = tmp_path / "serve.log"
     first = start_serve(config, log)
     try:
@@ -114,7 +128,7 @@ async def test_sigkill_mid_stream_then_restart_loses_and_repeats_nothing(
         assert first.poll() is None, log.read_text()
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
-        committed_at_kill = await _committed(kafka_bootstrap, "kill-test")
+        committed_at_kill = await _committed(kafka_bootstrap, group)
         produced = await producing
         assert 0 < committed_at_kill < produced, "the kill must land mid-stream"
         second = start_serve(config, log)

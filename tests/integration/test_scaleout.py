@@ -135,9 +135,13 @@ class Progress:
             await asyncio.sleep(0.25)
 
 
+@pytest.mark.parametrize("routed", [False, True], ids=["one-bundle", "routes"])
 async def test_group_scales_out_survives_sigkill_and_graceful_stop(
-    kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path, tmp_path: Path
+    kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path, tmp_path: Path, routed: bool
 ) -> None:
+    """``routed``: each instance serves the pumps on ``model.path`` and the compressors on a
+    route (the same bundle: the handover of every route's windows and alert state is under
+    test, not the model)."""
     readings = await new_topic(partitions=PARTITIONS)
     alerts, dlq, scores = [await new_topic(partitions=1) for _ in range(3)]
     group_id = f"scaleout-{readings[-8:]}"
@@ -159,6 +163,11 @@ async def test_group_scales_out_survives_sigkill_and_graceful_stop(
         "http": {"host": "127.0.0.1", "port": 0},
         "shutdown_deadline_s": 10,
     }
+    if routed:
+        doc["input"]["asset_patterns"] = ["pump-*"]
+        doc["routes"] = [
+            {"name": "compressors", "asset_patterns": ["compressor-*"], "model": str(plant_bundle)}
+        ]
     sim = PlantSimulator(
         PlantConfig(
             **{**PLANT, "n_pumps": 9, "n_compressors": 3},

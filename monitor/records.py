@@ -157,6 +157,10 @@ class Rejection:
     #: All of it for one asset that ``other_asset_patterns`` match (another service's): the
     #: service counts and skips it instead of dead-lettering it.
     other_asset: bool = False
+    #: Refused for naming an asset another service or route owns (all of the message, as
+    #: ``other_asset`` says, or a reading of a batch): with routes, another route's reason for
+    #: the same message is the better one to report.
+    names_other: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,9 +226,16 @@ def _patterns(patterns: Sequence[str]) -> re.Pattern[str] | None:
 class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes the decoder
     """Raised inside the decoder; :meth:`Decoder.decode` turns it into a :class:`Rejection`."""
 
-    def __init__(self, reason: RejectReason, detail: str, *, other_asset: bool = False) -> None:
+    def __init__(
+        self,
+        reason: RejectReason,
+        detail: str,
+        *,
+        other_asset: bool = False,
+        names_other: bool = False,
+    ) -> None:
         super().__init__(detail)
-        self.rejection = Rejection(reason, _clip(detail), other_asset)
+        self.rejection = Rejection(reason, _clip(detail), other_asset, names_other)
 
 
 def _json_loads(text: str) -> Any:
@@ -747,6 +758,7 @@ class Decoder:
             cached.rejection.reason,
             _at(where) + cached.rejection.detail,
             other_asset=cached.rejection.other_asset and where < 0,
+            names_other=cached.rejection.names_other,
         )
 
     def _judge_asset(self, asset: str) -> _Reject | None:
@@ -763,6 +775,7 @@ class Decoder:
                 RejectReason.UNKNOWN_ASSET,
                 f"asset {_show(asset)} is another route's (an earlier route's asset_patterns)",
                 other_asset=True,
+                names_other=True,
             )
         if self._asset_re is not None and self._asset_re.match(asset) is None:
             if self._other_re is not None and self._other_re.match(asset) is not None:
@@ -770,6 +783,7 @@ class Decoder:
                     RejectReason.UNKNOWN_ASSET,
                     f"asset {_show(asset)} is another service's or route's (other_asset_patterns)",
                     other_asset=True,
+                    names_other=True,
                 )
             return _Reject(
                 RejectReason.UNKNOWN_ASSET,

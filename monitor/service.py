@@ -970,7 +970,8 @@ class Service(Lifecycle):
         that route's decoder alone; the others (unkeyed, or keyed by no route's asset) go to
         every route's, each taking its own assets' readings. A message no route takes is
         refused once, in the first route's batch: as another service's if every route that saw
-        it says so, else with the reason of the first route that does not call it another's."""
+        it says so, else with the first reason that is not about another's asset (an unkeyed
+        batch of one route's assets with a bad value: that route's reason), if any."""
         routes = self._routes
         if len(routes) == 1:
             return [routes[0].decoder.decode_many(keys, values)]
@@ -997,8 +998,9 @@ class Service(Lifecycle):
             for i, rejection in batch.rejections:
                 refused[i].append(rejection)
             decoded.append(batch)
+        # The first route's own reason if some route has one, before "another's asset".
         merged = [
-            (i, next((r for r in rejections if not r.other_asset), rejections[0]))
+            (i, min(rejections, key=lambda r: (r.other_asset, r.names_other)))
             for i, rejections in sorted(refused.items())
             if len(rejections) == (1 if owner[i] >= 0 else len(routes))
         ]

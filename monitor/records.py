@@ -770,21 +770,20 @@ class Decoder:
             return _Reject(
                 RejectReason.UNKNOWN_ASSET, f"asset id {_show(asset)} has unprintable characters"
             )
+        mine = self._asset_re is None or self._asset_re.match(asset) is not None
+        whose = None
         if self._claimed_re is not None and self._claimed_re.match(asset) is not None:
+            whose = "another route's (an earlier route's asset_patterns)"
+        elif not mine and self._other_re is not None and self._other_re.match(asset) is not None:
+            whose = "another service's or route's (other_asset_patterns)"
+        if whose is not None:
             return _Reject(
                 RejectReason.UNKNOWN_ASSET,
-                f"asset {_show(asset)} is another route's (an earlier route's asset_patterns)",
+                f"asset {_show(asset)} is {whose}",
                 other_asset=True,
                 names_other=True,
             )
-        if self._asset_re is not None and self._asset_re.match(asset) is None:
-            if self._other_re is not None and self._other_re.match(asset) is not None:
-                return _Reject(
-                    RejectReason.UNKNOWN_ASSET,
-                    f"asset {_show(asset)} is another service's or route's (other_asset_patterns)",
-                    other_asset=True,
-                    names_other=True,
-                )
+        if not mine:
             return _Reject(
                 RejectReason.UNKNOWN_ASSET,
                 f"asset {_show(asset)} is not allowed by the configured asset patterns",

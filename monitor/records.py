@@ -216,8 +216,8 @@ class DecoderConfig:
     allow_extra_sensors: bool = False  # True: unknown sensors are ignored instead of rejected
 
 
-def _patterns(patterns: Sequence[str]) -> re.Pattern[str] | None:
-    """One regex matching any of the fnmatch ``patterns`` (None for none)."""
+def asset_matcher(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex matching any of the fnmatch ``patterns`` (None for none: any asset)."""
     if not patterns:
         return None
     return re.compile("|".join(fnmatch.translate(p) for p in patterns))
@@ -331,9 +331,9 @@ class Decoder:
         self._max_batch = config.max_batch_readings
         self._max_asset = config.max_asset_id_length
         self._allow_extra = config.allow_extra_sensors
-        self._asset_re = _patterns(config.asset_patterns)
-        self._other_re = _patterns(config.other_asset_patterns)
-        self._claimed_re = _patterns(config.claimed_patterns)
+        self._asset_re = asset_matcher(config.asset_patterns)
+        self._other_re = asset_matcher(config.other_asset_patterns)
+        self._claimed_re = asset_matcher(config.claimed_patterns)
         # Whether some asset is another's: messages keyed by one are then set aside unparsed.
         self._others = self._other_re is not None or self._claimed_re is not None
         # asset id -> None (allowed) or the rejection; asset ids repeat, regexes are not free.

@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import gc
 import itertools
 import json
 import logging
 import math
-import re
 import socket
 import sys
 import time
@@ -64,7 +62,7 @@ from monitor.lifecycle import Lifecycle
 from monitor.metrics import Metrics
 from monitor.model import LoadedModel, ModelManager
 from monitor.notify import Notifier
-from monitor.records import DecodedBatch, Decoder, DecoderConfig, Rejection
+from monitor.records import DecodedBatch, Decoder, DecoderConfig, Rejection, asset_matcher
 from monitor.windows import ReadyBatch, WindowStore
 from monitor.windows import RejectReason as WindowReject
 
@@ -286,8 +284,8 @@ class Service(Lifecycle):
         #: each one's asset patterns as one regex (None: any asset), and per message key seen,
         #: the index of the route whose asset it names (-1: none).
         self._routes: list[_Route] = []
-        self._route_assets = [_matcher(r.asset_patterns) for r in settings.routes] + [
-            _matcher(settings.input.asset_patterns)
+        self._route_assets = [asset_matcher(r.asset_patterns) for r in settings.routes] + [
+            asset_matcher(settings.input.asset_patterns)
         ]
         self._key_routes: dict[bytes | None, int] = {}
         #: Scores batches (``model.workers`` at once; on CPU by default one single-threaded
@@ -1569,11 +1567,6 @@ def _score_messages(
         doc = {"asset": asset, "ts": ts_ms[idx].tolist(), "score": scores[idx].tolist()}
         messages.append((asset.encode(), json.dumps(doc, separators=(",", ":")).encode()))
     return messages
-
-
-def _matcher(patterns: Sequence[str]) -> re.Pattern[str] | None:
-    """One regex matching any of the fnmatch ``patterns`` (None for none: any asset)."""
-    return re.compile("|".join(map(fnmatch.translate, patterns))) if patterns else None
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -191,7 +191,7 @@ class Metrics:
 
     def set_asset_scores(self, latest: dict[str, float], route: str = DEFAULT_ROUTE) -> None:
         """Update the score gauges of many assets of a route, within the label cap."""
-        scores = self.anomaly_score.route(route)
+        scores = self.anomaly_score.routes.setdefault(route, {})
         if latest.keys() <= scores.keys():  # the common case: a dict update, no Python loop
             scores.update(latest)
             return
@@ -248,12 +248,6 @@ class _AssetScores(Collector):
         self.documentation = documentation
         #: Per route, per asset: the latest score.
         self.routes: dict[str, dict[str, float]] = {}
-
-    def route(self, name: str) -> dict[str, float]:
-        scores = self.routes.get(name)
-        if scores is None:
-            scores = self.routes[name] = {}
-        return scores
 
     def __len__(self) -> int:
         return sum(map(len, self.routes.values()))

@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -736,22 +737,19 @@ def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
         from training.evaluate.online import agree_via_kafka
         from training.evaluate.protocols import group_of
 
-        bundles = [Path(path) for path in result.bundles.values()]
-        routes: list[tuple[Path, list[str]]] = []
-        if args.asset_groups:
-            # The first group's bundle serves as model.path, each other's as a route for the
-            # series that group scored offline.
-            names: dict[str | None, list[str]] = {group: [] for group in args.asset_groups}
-            for r in result.replays:
-                names[group_of(r.series.asset, args.asset_groups)].append(r.series.name)
-            routes = list(zip(bundles[1:], [names[g] for g in args.asset_groups[1:]], strict=True))
+        # With asset groups (result.bundles: group -> bundle, in their order), the first group's
+        # bundle serves as model.path, each other's as a route for the series it scored offline.
+        (_, first), *others = result.bundles.items()
+        names: dict[str | None, list[str]] = defaultdict(list)
+        for r in result.replays:
+            names[group_of(r.series.asset, args.asset_groups)].append(r.series.name)
         agreement = agree_via_kafka(
             result.replays,
-            bundles[0],
+            Path(first),
             alerts.detector(result.options["model"]["window"]),
             bootstrap=args.bootstrap,
             hold=alerts.hold_settings(),
-            routes=routes,
+            routes=[(Path(path), names[group]) for group, path in others],
         )
         result.extra["kafka_agreement"] = agreement.to_json()
         print(f"via kafka: {agreement.summary()}")

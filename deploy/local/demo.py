@@ -112,7 +112,7 @@ async def main(args: argparse.Namespace) -> int:
     try:
         metrics_port = _free_port()
         (pattern, bundle), *others = bundles.items()
-        config = _serve_config(args, run, 0, topics, hook_port, metrics_port, bundle)
+        config = _serve_config(args, run, topics, hook_port, metrics_port, bundle)
         if pattern != "*":
             config["input"]["asset_patterns"] = [pattern]
         config["routes"] = [
@@ -163,7 +163,6 @@ def _route_name(pattern: str) -> str:
 def _serve_config(
     args: argparse.Namespace,
     run: str,
-    i: int,
     topics: dict[str, str],
     hook_port: int,
     metrics_port: int,
@@ -173,20 +172,20 @@ def _serve_config(
         "kafka": {"bootstrap_servers": args.bootstrap},
         "input": {
             "topics": [topics["readings"]],
-            "group_id": f"demo-{run}-{i}",
+            "group_id": f"demo-{run}",
             "dead_letter_topic": topics["dead-letter"],
         },
         "model": {"path": str(bundle)},
         "alerts": {"topic": topics["alerts"]},
         "delivery": {
-            "group_id": f"demo-notify-{run}-{i}",
+            "group_id": f"demo-notify-{run}",
             "dead_letter_topic": topics["delivery-dead-letter"],
             "webhooks": [
                 {"name": "demo", "url": f"http://127.0.0.1:{hook_port}/alerts", "secret": SECRET}
             ],
         },
         "http": {"host": "127.0.0.1", "port": metrics_port},
-        "instance_id": f"demo-{run}-{i}",
+        "instance_id": f"demo-{run}",
         "shutdown_deadline_s": 20,
     }
 

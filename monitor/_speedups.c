@@ -1405,6 +1405,8 @@ append_readings(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int64_t *count, *head, *last_ts, *phase, *part, *seen, *prev = NULL;
     unsigned char *flags = NULL, *gap;
     int status = 0; /* 1: an unknown asset, 2: a reading not after its asset's previous one */
+    PyObject *last_key = NULL;
+    Py_ssize_t last_slot = 0;
 
     if (nargs != 16) {
         PyErr_Format(PyExc_TypeError, "append_readings() takes 16 arguments (%zd given)", nargs);
@@ -1548,21 +1550,29 @@ append_readings(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyObject *key = PyList_GET_ITEM(assets, i), *v;
         Py_ssize_t slot;
         int open = 0;
-        if (!PyUnicode_CheckExact(key)) {
-            PyErr_SetString(PyExc_TypeError, "append_readings(): assets must be str");
-            break;
+        if (key == last_key) { /* a batch's readings come in runs of one asset (one str) */
+            slot = last_slot;
         }
-        v = PyDict_GetItemWithError(index, key);
-        if (v == NULL) {
-            if (!PyErr_Occurred())
-                status = 1;
-            break;
-        }
-        slot = PyLong_AsSsize_t(v);
-        if (slot < 0 || slot >= n_state) {
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_ValueError, "append_readings(): slot %zd out of range", slot);
-            break;
+        else {
+            if (!PyUnicode_CheckExact(key)) {
+                PyErr_SetString(PyExc_TypeError, "append_readings(): assets must be str");
+                break;
+            }
+            v = PyDict_GetItemWithError(index, key);
+            if (v == NULL) {
+                if (!PyErr_Occurred())
+                    status = 1;
+                break;
+            }
+            slot = PyLong_AsSsize_t(v);
+            if (slot < 0 || slot >= n_state) {
+                if (!PyErr_Occurred())
+                    PyErr_Format(PyExc_ValueError, "append_readings(): slot %zd out of range",
+                                 slot);
+                break;
+            }
+            last_key = key;
+            last_slot = slot;
         }
         slots[i] = slot;
         if (!(flags[slot] & A_TOUCHED)) {
@@ -1596,12 +1606,17 @@ append_readings(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 
     /* Pass 2: each reading into its asset's ring (twice, at head and head + L), and each
-     * window it completes copied out in one piece. */
+     * window it completes copied out in one piece. Only numpy buffers this call holds are
+     * touched, so the GIL is let go for a large batch: a scoring thread back from ONNX Runtime
+     * then takes it at once instead of waiting for this copy to end. */
     {
         const size_t row = (size_t)nf, window = (size_t)length * (size_t)nf;
         float *pw = pd[0]->buf;
         int64_t *pts = pd[1]->buf, *poff = pd[3]->buf, *pfirst = pd[4]->buf;
         int32_t *ppart = pd[2]->buf;
+        PyThreadState *saved = NULL;
+        if ((size_t)n * window * sizeof(float) >= GIL_RELEASE_BYTES)
+            saved = PyEval_SaveThread();
         for (i = 0; i < n; i++) {
             const Py_ssize_t slot = slots[i];
             float *rv;
@@ -1642,10 +1657,13 @@ append_readings(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             pfirst[n_ready] = ro[h];
             ready[n_ready] = i;
             n_ready++;
-            if (PyList_Append(names_out, PyList_GET_ITEM(assets, i)) < 0)
-                goto done; /* out of memory: the store is then as good as lost anyway */
         }
+        if (saved != NULL)
+            PyEval_RestoreThread(saved);
     }
+    for (k = 0; k < n_ready; k++)
+        if (PyList_Append(names_out, PyList_GET_ITEM(assets, ready[k])) < 0)
+            goto done; /* out of memory: the store is then as good as lost anyway */
     result = Py_BuildValue("(nn)", n_ready, n_gap);
     goto done;
 

@@ -52,6 +52,7 @@ import monitor
 from monitor.bundle import Bundle
 from monitor.config import Settings
 from monitor.events import ModelRef
+from monitor.kafka import raw_records
 from monitor.records import encode_binary
 from monitor.scoring import Scorer, cpu_cores
 from monitor.service import Service
@@ -223,8 +224,9 @@ async def prefill(
 # --- the four measurements -------------------------------------------------------------------
 
 
-def fresh_consumer(bootstrap: str, topic: str, role: str) -> AIOKafkaConsumer:
-    """A consumer in a new group, so it reads ``topic`` from the beginning."""
+def fresh_consumer(bootstrap: str, topic: str, role: str, *, raw: bool = False) -> AIOKafkaConsumer:
+    """A consumer in a new group, so it reads ``topic`` from the beginning (``raw``: aiokafka's
+    parsed records instead of ConsumerRecords, as the service's consumer, monitor.kafka)."""
     return AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -234,12 +236,14 @@ def fresh_consumer(bootstrap: str, topic: str, role: str) -> AIOKafkaConsumer:
         # As the service's default (input.fetch_max_wait_ms), so the consume limit is not
         # held back where plantwatch is not.
         fetch_max_wait_ms=100,
+        key_deserializer=raw_records if raw else None,
     )
 
 
-async def consume_limit(bootstrap: str, topic: str, n_messages: int) -> float:
-    """Seconds to fetch every message of ``topic`` with ``getmany`` and nothing else."""
-    consumer = fresh_consumer(bootstrap, topic, "raw")
+async def consume_limit(bootstrap: str, topic: str, n_messages: int, *, raw: bool = False) -> float:
+    """Seconds to fetch every message of ``topic`` with ``getmany`` and nothing else (``raw``:
+    without a ConsumerRecord per message, as the service reads them since session 17)."""
+    consumer = fresh_consumer(bootstrap, topic, "raw-records" if raw else "getmany", raw=raw)
     await consumer.start()
     try:
         seen = 0
@@ -1073,9 +1077,9 @@ async def main(args: argparse.Namespace) -> int:
         say("")
         say(
             "| format | consume limit | scoring limit | serial limit | plantwatch | naive "
-            "| pw / serial | pw / naive |"
+            "| pw / serial | pw / naive | consume, raw records | serial, raw | pw / serial, raw |"
         )
-        say("|---|---|---|---|---|---|---|---|")
+        say("|---|---|---|---|---|---|---|---|---|---|---|")
         scored: list[str] = []
         stage_lines: list[str] = []
         for fmt in args.formats:
@@ -1083,9 +1087,13 @@ async def main(args: argparse.Namespace) -> int:
             msgs = messages(fmt, features, values, t0=1_767_225_600_000)
             await prefill(bootstrap, topic, msgs, args.partitions)
             consume, pw, naive = Row("consume"), Row("plantwatch"), Row("naive")
+            consume_raw = Row("consume, raw records")
             score = Row("scoring")
             for _ in range(args.runs):
                 consume.values.append(readings / await consume_limit(bootstrap, topic, len(msgs)))
+                consume_raw.values.append(
+                    readings / await consume_limit(bootstrap, topic, len(msgs), raw=True)
+                )
                 run = await plantwatch_run(bootstrap, topic, dense, len(msgs))
                 pw.values.append(readings / run.seconds)
                 # The dense scoring limit again beside each run (best mode and batch size): on
@@ -1098,14 +1106,18 @@ async def main(args: argparse.Namespace) -> int:
                         readings / await naive_run(bootstrap, topic, dense, len(msgs))
                     )
             serial = 1.0 / (1.0 / consume.median + 1.0 / score.median)
+            serial_raw = 1.0 / (1.0 / consume_raw.median + 1.0 / score.median)
             naive_cell = naive.cell() if naive.values else "n/a"
             ratio_naive = f"{pw.median / naive.median:.1f}×" if naive.values else "n/a"
             say(
                 f"| {fmt} | {consume.cell()} | {score.cell()} | {serial:,.0f} | {pw.cell()} | "
-                f"{naive_cell} | {pw.median / serial:.2f} | {ratio_naive} |"
+                f"{naive_cell} | {pw.median / serial:.2f} | {ratio_naive} | "
+                f"{consume_raw.cell()} | {serial_raw:,.0f} | {pw.median / serial_raw:.2f} |"
             )
             results[f"{n_features}/{fmt}"] = {
                 "consume": consume.median,
+                "consume_raw_records": consume_raw.median,
+                "serial_raw_records": serial_raw,
                 "scoring": score.median,
                 "serial": serial,
                 "plantwatch": pw.median,
@@ -1118,7 +1130,10 @@ async def main(args: argparse.Namespace) -> int:
         say(
             "\nReadings/s; the scoring limit in windows/s (dense, the best of the modes and "
             "batch sizes above, measured again after each plantwatch run; one window per reading "
-            "at stride 1). The naive loop has no binary decoder, so it only reads JSON. "
+            "at stride 1). The naive loop has no binary decoder, so it only reads JSON. The "
+            "consume limit is aiokafka's getmany, a ConsumerRecord per message; the service "
+            "reads aiokafka's parsed records without that wrapper (monitor.kafka), so the raw "
+            "records columns give the limit and ratio for the same way of reading. "
             f"Per plantwatch run: {'; '.join(scored)}.\n"
         )
         say(

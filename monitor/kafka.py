@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from typing import Any
+from typing import Any, Final, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.conn import create_conn
@@ -38,6 +38,63 @@ _PROBE_TIMEOUT_MS = 10_000
 #: loading its topics; the member then holds *no* partitions, fetches nothing, hits no error
 #: and so refreshes nothing until this age passes (found by tests/integration/test_faults.py).
 METADATA_MAX_AGE_MS = 10_000
+
+
+class Record(Protocol):
+    """What the service reads of a consumed record (its topic and partition come with the
+    batch): aiokafka's :class:`~aiokafka.ConsumerRecord`, or on the fast path the record
+    object aiokafka parsed it into (see :data:`RAW_RECORDS`)."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+def raw_records(key: bytes | None) -> bytes | None:
+    """The key deserializer that marks a consumer whose records are aiokafka's own parsed
+    record objects rather than :class:`~aiokafka.ConsumerRecord` (it returns the key as is,
+    so without the fast path the records are ConsumerRecords with the same keys)."""
+    return key
+
+
+def _install_raw_records() -> bool:
+    """Let consumers marked by :func:`raw_records` skip building a ConsumerRecord per record.
+
+    aiokafka parses each record in C and then wraps it in a ConsumerRecord, a Python dataclass
+    of eleven fields: with JSON single readings that wrapper cost more of the service's loop than
+    parsing the reading (about a fifth of its samples, profiled: bench/results/performance.md,
+    session 17). The service reads four of the fields, which aiokafka's record has too. Only
+    consumers with ``key_deserializer=raw_records`` are affected; if aiokafka's internals are
+    not as expected (another version), nothing is changed and they get ConsumerRecords.
+    """
+    try:
+        from aiokafka.consumer.fetcher import PartitionRecords
+    except ImportError:
+        return False
+    wrap = getattr(PartitionRecords, "_consumer_record", None)
+    if wrap is None or wrap.__code__.co_varnames[:3] != ("self", "tp", "record"):
+        return False
+    if getattr(wrap, "plantwatch_raw", False):
+        return True
+
+    def _consumer_record(self: Any, tp: Any, record: Any) -> Any:
+        if getattr(self, "_key_deserializer", None) is raw_records:
+            return record
+        return wrap(self, tp, record)
+
+    _consumer_record.plantwatch_raw = True  # type: ignore[attr-defined]
+    PartitionRecords._consumer_record = _consumer_record
+    return True
+
+
+#: Whether consumers marked by :func:`raw_records` get aiokafka's parsed records (else
+#: ConsumerRecords, which read the same).
+RAW_RECORDS: Final = _install_raw_records()
 
 
 def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:

@@ -44,7 +44,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import __version__ as aiokafka_version
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, ProducerFenced
@@ -57,7 +58,7 @@ from monitor.detector import Detector, DetectorConfig, held_windows
 from monitor.errors import ConfigError, DataError, KafkaUnavailableError, PlantwatchError
 from monitor.events import AlertEvent
 from monitor.http import OpsServer
-from monitor.kafka import client_kwargs, start_error
+from monitor.kafka import RAW_RECORDS, Record, client_kwargs, raw_records, start_error
 from monitor.lifecycle import Lifecycle
 from monitor.metrics import Metrics
 from monitor.model import LoadedModel, ModelManager
@@ -483,6 +484,8 @@ class Service(Lifecycle):
                 isolation_level="read_committed",
                 max_partition_fetch_bytes=max(1_048_576, s.input.max_message_bytes),
                 fetch_max_wait_ms=s.input.fetch_max_wait_ms,
+                # aiokafka's parsed records, not a ConsumerRecord each (monitor.kafka).
+                key_deserializer=raw_records,
             )
             self._consumer.subscribe(list(s.input.topics), listener=_Rebalance(self))
             await self._consumer.start()
@@ -512,6 +515,12 @@ class Service(Lifecycle):
                 sys.setswitchinterval(SWITCH_INTERVAL_S)
             _switching["services"] += 1
         (logger.info if native.speedups is not None else logger.warning)(native.describe())
+        if not RAW_RECORDS:
+            logger.warning(
+                "aiokafka %s: records come as ConsumerRecords (its internals differ from "
+                "those the fast path expects); JSON single readings are slower",
+                aiokafka_version,
+            )
         logger.info(
             "consuming %s as group %s from %s",
             ", ".join(s.input.topics),
@@ -566,15 +575,13 @@ class Service(Lifecycle):
             except _NotCommittedError as exc:
                 logger.warning("%s; read again from the last commit after a restart", exc)
 
-    async def _fetch(
-        self, timeout_ms: int
-    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    async def _fetch(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]:
         """The next batch of records. While windows of the last batch are being scored, the
         records already fetched are taken without waiting; if there are none, those windows are
         detected first, so that waiting for new records never delays their alerts."""
         assert self._consumer is not None
         max_records = self.settings.input.fetch_max_records
-        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+        batch: dict[TopicPartition, list[Record]]
         if self._scoring:
             batch = await self._consumer.getmany(timeout_ms=0, max_records=max_records)
             if batch:
@@ -891,9 +898,7 @@ class Service(Lifecycle):
 
     # --- the data path -----------------------------------------------------------------------
 
-    async def _process(
-        self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
+    async def _process(self, batch: Mapping[TopicPartition, list[Record]]) -> None:
         out = _Outgoing()
         self._unfinished.append(out)
         m = self.metrics
@@ -945,7 +950,7 @@ class Service(Lifecycle):
     async def _append_partition(
         self,
         tp: TopicPartition,
-        records: list[ConsumerRecord[bytes, bytes]],
+        records: list[Record],
         out: _Outgoing,
         tally: _Tally,
     ) -> None:
@@ -1034,7 +1039,7 @@ class Service(Lifecycle):
         self,
         p: _Route,
         tp: TopicPartition,
-        records: list[ConsumerRecord[bytes, bytes]],
+        records: list[Record],
         decoded: DecodedBatch,
         record_offsets: npt.NDArray[np.int64],
         n_replay: int,
@@ -1069,7 +1074,7 @@ class Service(Lifecycle):
                     tally.resets += result.resets
                     for i, rejection in decoded.rejections:
                         if lo <= i < hi:
-                            self._refuse(out, records[i], rejection, tally)
+                            self._refuse(out, tp, records[i], rejection, tally)
             # Scored whenever a chunk's worth is pending: memory stays bounded (a getmany of
             # batch messages can hold several 100,000 readings, a window each).
             if p.store.pending >= self._chunk_readings(p):
@@ -1234,7 +1239,7 @@ class Service(Lifecycle):
         p: _Route,
         out: _Outgoing,
         tp: TopicPartition,
-        records: list[ConsumerRecord[bytes, bytes]],
+        records: list[Record],
         decoded: DecodedBatch,
         n_replay: int,
         slot: int,
@@ -1256,7 +1261,7 @@ class Service(Lifecycle):
             rejection = rejections.get(i)
             if rejection is not None:
                 if not replay:
-                    self._refuse(out, record, rejection, tally)
+                    self._refuse(out, tp, record, rejection, tally)
                 continue
             rejected: Counter[WindowReject] | None = None
             for block in decoded.blocks(i):
@@ -1281,7 +1286,9 @@ class Service(Lifecycle):
                 for reason, count in rejected.items():
                     tally.rejected[_READING_RESULT.get(reason, reason)] += count
                 detail = ", ".join(f"{count} {reason}" for reason, count in rejected.items())
-                self._dead_letter(out, record, next(iter(rejected)), f"readings rejected: {detail}")
+                self._dead_letter(
+                    out, tp, record, next(iter(rejected)), f"readings rejected: {detail}"
+                )
 
     async def _submit(self, route: _Route, ready: ReadyBatch, out: _Outgoing) -> None:
         """Hand ready windows to the scoring thread; then detect what was handed over before
@@ -1406,7 +1413,8 @@ class Service(Lifecycle):
     def _refuse(
         self,
         out: _Outgoing,
-        record: ConsumerRecord[bytes, bytes],
+        tp: TopicPartition,
+        record: Record,
         rejection: Rejection,
         tally: _Tally,
     ) -> None:
@@ -1416,17 +1424,17 @@ class Service(Lifecycle):
             tally.other_assets += 1
             return
         tally.invalid += 1
-        self._dead_letter(out, record, rejection.reason.value, rejection.detail)
+        self._dead_letter(out, tp, record, rejection.reason.value, rejection.detail)
 
     def _dead_letter(
-        self, out: _Outgoing, record: ConsumerRecord[bytes, bytes], reason: str, detail: str
+        self, out: _Outgoing, tp: TopicPartition, record: Record, reason: str, detail: str
     ) -> None:
         out.count(self.metrics.dead_letters.labels(reason))
         headers = [
             ("plantwatch.reason", reason.encode()),
             ("plantwatch.detail", detail.encode()[:1000]),
-            ("plantwatch.topic", record.topic.encode()),
-            ("plantwatch.partition", str(record.partition).encode()),
+            ("plantwatch.topic", tp.topic.encode()),
+            ("plantwatch.partition", str(tp.partition).encode()),
             ("plantwatch.offset", str(record.offset).encode()),
             ("plantwatch.timestamp", str(record.timestamp).encode()),
         ]

@@ -10,6 +10,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.structs import RecordMetadata
 
+from monitor.kafka import RAW_RECORDS, Record, raw_records
+
 pytestmark = pytest.mark.kafka
 
 NewTopicFactory = Callable[..., Awaitable[str]]
@@ -100,3 +102,49 @@ async def test_group_resumes_from_explicit_commit(
 
     async with group_consumer(kafka_bootstrap, topic, group) as second:
         assert numbers(await consume(second, len(expected))) == expected
+
+
+async def test_raw_records_read_as_consumer_records_and_leave_other_consumers_alone(
+    kafka_bootstrap: str, new_topic: NewTopicFactory
+) -> None:
+    """The service's consumer (``key_deserializer=raw_records``) gets aiokafka's parsed record
+    objects, which carry the same offset, timestamp, key and value as the ConsumerRecords a
+    plain consumer in the same process still gets."""
+    topic = await new_topic(partitions=3)
+    await produce(kafka_bootstrap, topic, range(30))
+    async with AIOKafkaProducer(bootstrap_servers=kafka_bootstrap) as producer:
+        await (await producer.send(topic, value=None, key=b"gone", partition=0))  # a tombstone
+        await (await producer.send(topic, value=b"unkeyed", key=None, partition=0))
+
+    def fields(batch: dict[TopicPartition, list[Record]]) -> set[tuple[object, ...]]:
+        return {
+            (tp.partition, r.offset, r.timestamp, r.key, r.value)
+            for tp, records in batch.items()
+            for r in records
+        }
+
+    got: dict[str, dict[TopicPartition, list[Record]]] = {}
+    for name, marker in (("raw", raw_records), ("plain", None)):
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            key_deserializer=marker,
+        )
+        async with consumer:
+            batch: dict[TopicPartition, list[Record]] = defaultdict(list)
+            async with asyncio.timeout(CONSUME_TIMEOUT_S):
+                while sum(map(len, batch.values())) < 32:
+                    for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                        batch[tp].extend(records)
+            got[name] = batch
+    assert RAW_RECORDS, "aiokafka's internals changed: the service's fast path is off"
+    raw = [r for records in got["raw"].values() for r in records]
+    plain = [r for records in got["plain"].values() for r in records]
+    assert not any(isinstance(r, ConsumerRecord) for r in raw)
+    assert all(isinstance(r, ConsumerRecord) for r in plain)
+    assert fields(got["raw"]) == fields(got["plain"])
+    assert len(fields(got["raw"])) == 32
+    unusual = {(r.key, r.value) for r in raw if r.key is None or r.value is None}
+    assert unusual == {(b"gone", None), (None, b"unkeyed")}

@@ -115,6 +115,12 @@ async def test_bad_input_is_dead_lettered_and_good_readings_keep_flowing(
         await producer.flush()
     finally:
         await producer.stop()
+    # Where each bad payload was written, as a plain consumer reads it: its dead letter must
+    # say so.
+    bad_payloads = {value for name, value in sent if name != "ok"}
+    origin = {
+        r.value: r for r in await read_topic(kafka_bootstrap, readings) if r.value in bad_payloads
+    }
 
     async with running(settings) as service:
         url = service.ops_url
@@ -147,7 +153,9 @@ async def test_bad_input_is_dead_lettered_and_good_readings_keep_flowing(
         want = "out_of_order" if name == "out_of_order_late" else name
         assert reason == want, (name, headers["plantwatch.detail"])
         assert headers["plantwatch.topic"].decode() == readings
-        assert int(headers["plantwatch.offset"]) >= 0
+        assert int(headers["plantwatch.partition"]) == origin[payload].partition
+        assert int(headers["plantwatch.offset"]) == origin[payload].offset
+        assert int(headers["plantwatch.timestamp"]) == origin[payload].timestamp
         assert record.key == KEYS.get(name, ASSET).encode()
         assert headers["plantwatch.detail"]
 

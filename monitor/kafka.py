@@ -68,28 +68,42 @@ def _install_raw_records() -> bool:
     aiokafka parses each record in C and then wraps it in a ConsumerRecord, a Python dataclass
     of eleven fields: with JSON single readings that wrapper cost more of the service's loop than
     parsing the reading (about a fifth of its samples, profiled: bench/results/performance.md,
-    session 17). The service reads four of the fields, which aiokafka's record has too. Only
-    consumers with ``key_deserializer=raw_records`` are affected; if aiokafka's internals are
-    not as expected (another version), nothing is changed and they get ConsumerRecords.
+    session 17). The service reads four of the fields, which aiokafka's record has too. Each
+    batch of a marked consumer's partition records hands its records on as they are, through a
+    C callable (no Python call per record); other consumers are untouched. If aiokafka's
+    internals are not as expected (another version), nothing is changed and marked consumers
+    get ConsumerRecords.
     """
     try:
         from aiokafka.consumer.fetcher import PartitionRecords
     except ImportError:
         return False
+    init = PartitionRecords.__init__
     wrap = getattr(PartitionRecords, "_consumer_record", None)
-    if wrap is None or wrap.__code__.co_varnames[:3] != ("self", "tp", "record"):
+    unpack = getattr(PartitionRecords, "_unpack_records", None)
+    if (
+        wrap is None
+        or unpack is None
+        or wrap.__code__.co_varnames[:3] != ("self", "tp", "record")
+        or "_consumer_record" not in unpack.__code__.co_names
+    ):
         return False
-    if getattr(wrap, "plantwatch_raw", False):
+    if getattr(init, "plantwatch_raw", False):
         return True
 
-    def _consumer_record(self: Any, tp: Any, record: Any) -> Any:
+    def init_raw(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
         if getattr(self, "_key_deserializer", None) is raw_records:
-            return record
-        return wrap(self, tp, record)
+            # Called as self._consumer_record(tp, record): {}.get returns the record.
+            self._consumer_record = _AS_PARSED
 
-    _consumer_record.plantwatch_raw = True  # type: ignore[attr-defined]
-    PartitionRecords._consumer_record = _consumer_record
+    init_raw.plantwatch_raw = True  # type: ignore[attr-defined]
+    PartitionRecords.__init__ = init_raw
     return True
+
+
+#: ``(tp, record) -> record`` without a Python frame.
+_AS_PARSED: Final[Any] = {}.get
 
 
 #: Whether consumers marked by :func:`raw_records` get aiokafka's parsed records (else

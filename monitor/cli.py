@@ -188,8 +188,9 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--model",
         default="dense",
-        choices=("dense", "conv", "lstm", "vae", "pca"),
-        help="model family (pca: the PCA Q/T² baseline)",
+        choices=("dense", "conv", "lstm", "vae", "pca", "hotelling"),
+        help="model family (pca: the PCA Q/T² baseline; hotelling: T² of each window's "
+        "per-sensor level and fluctuation)",
     )
     p.add_argument("--window", type=int, default=32, help="readings per window (default 32)")
     p.add_argument("--stride", type=int, default=1, help="training window stride (default 1)")

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from monitor.errors import ConfigError
-from training.models import AuxiliaryLoss
+from training.models import AuxiliaryLoss, pointwise_error
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +191,10 @@ def _fit_closed_form(
     model = model.cpu()
     fit_fn(train)
     result = FitResult(model=model.eval(), device="cpu")
-    result.train_loss.append(_evaluate(model, torch.from_numpy(train), config.batch_size))
-    result.val_loss.append(_evaluate(model, torch.from_numpy(val), config.batch_size))
+    # The loss of a closed-form model is its mean error as scored (for PCA without T², the
+    # reconstruction MSE; Hotelling T² reconstructs nothing, its error is the T² share).
+    result.train_loss.append(_mean_error(model, torch.from_numpy(train), config.batch_size))
+    result.val_loss.append(_mean_error(model, torch.from_numpy(val), config.batch_size))
     logger.info("fitted in closed form; validation loss %.5f", result.val_loss[0])
     return result
 
@@ -204,4 +206,14 @@ def _evaluate(model: nn.Module, x: torch.Tensor, batch_size: int) -> float:
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size]
         total += float(nn.functional.mse_loss(model(batch), batch)) * len(batch)
+    return total / max(len(x), 1)
+
+
+@torch.no_grad()
+def _mean_error(model: nn.Module, x: torch.Tensor, batch_size: int) -> float:
+    model.eval()
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        total += float(pointwise_error(model, batch).mean()) * len(batch)
     return total / max(len(x), 1)

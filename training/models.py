@@ -6,10 +6,13 @@ family depart from plain gradient-trained reconstruction without the trainer or 
 it by name:
 
 * ``pointwise_error(z) -> [batch, length, n_features]``: the per-reading error the score is built
-  from (default: squared reconstruction error; the PCA baseline adds its T² contributions);
+  from (default: squared reconstruction error; the PCA baseline adds its T² contributions), or
+  ``[batch, 1, n_features]`` for a family that scores the window as a whole (Hotelling T² on
+  window statistics, which sets ``RECONSTRUCTS = False``);
 * ``auxiliary_loss() -> scalar``: a term added to the training loss after each forward pass
   (the VAE's KL divergence);
-* ``fit_closed_form(windows)``: fitted in one step instead of by gradient descent (PCA).
+* ``fit_closed_form(windows)``: fitted in one step instead of by gradient descent (PCA,
+  Hotelling).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 
 from monitor.errors import ConfigError
+from training.hotelling import HotellingModel
 from training.pca import PCAModel
 
 
@@ -214,6 +218,7 @@ _FAMILIES: dict[str, Callable[..., nn.Module]] = {
     "lstm": LSTMAE,
     "vae": DenseVAE,
     "pca": PCAModel,
+    "hotelling": HotellingModel,
 }
 FAMILIES = tuple(_FAMILIES)
 
@@ -222,6 +227,12 @@ def fitted_in_closed_form(family: str) -> bool:
     """Whether ``family`` is fitted in one step (``fit_closed_form``) instead of by gradient
     descent, so that training options of the descent (input corruption) do not apply."""
     return hasattr(_FAMILIES.get(family), "fit_closed_form")
+
+
+def reconstructs(family: str) -> bool:
+    """Whether ``family``'s forward pass reconstructs the window, so that checks on the
+    reconstruction residual (``--bias-factor``) apply to it."""
+    return bool(getattr(_FAMILIES.get(family), "RECONSTRUCTS", True))
 
 
 def build_model(family: str, length: int, n_features: int, **hyper: Any) -> nn.Module:

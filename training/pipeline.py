@@ -46,7 +46,7 @@ from training.export import (
 )
 from training.fit import FitConfig, fit, seed_everything
 from training.flatline import FLATLINE_MODES, Flatline, fit_flatline
-from training.models import build_model, fitted_in_closed_form
+from training.models import build_model, fitted_in_closed_form, reconstructs
 from training.modes import ModeThresholds, fit_modes, operating_points
 from training.pca import PCAModel
 from training.report import write_report
@@ -117,6 +117,11 @@ def train_bundle(config: TrainConfig) -> TrainResult:
         )
     if not (config.bias_factor == 0 or config.bias_factor > 1):
         raise ConfigError(f"--bias-factor must be 0 (off) or above 1, got {config.bias_factor}")
+    if config.bias_factor and not reconstructs(config.family):
+        raise ConfigError(
+            f"--bias-factor checks a reconstruction residual; --model {config.family} "
+            "reconstructs nothing (leave it out)"
+        )
     if config.modes < 0:
         raise ConfigError(f"--modes must be 0 (one threshold) or more, got {config.modes}")
     if fitted_in_closed_form(config.family) and (config.fit.noise_std or config.fit.mask_fraction):

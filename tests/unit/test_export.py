@@ -23,7 +23,6 @@ from training.export import (
     score_windows,
 )
 from training.models import build_model
-from training.pca import PCAModel
 from training.windows import StandardScaler
 
 
@@ -69,8 +68,10 @@ def _correlated(n: int, length: int, seed: int) -> np.ndarray:
         ("vae", {}),
         ("pca", {"n_components": 2, "t2_weight": 0.5}),
         ("pca", {"n_components": 3, "per_step": False}),
+        ("hotelling", {}),
+        ("hotelling", {"roughness": False}),
     ],
-    ids=["dense", "conv", "lstm", "vae", "pca-step-t2", "pca-window"],
+    ids=["dense", "conv", "lstm", "vae", "pca-step-t2", "pca-window", "hotelling", "t2-level"],
 )
 def test_onnx_matches_torch_with_dynamic_batch(
     family: str, hyper: dict[str, Any], tmp_path: Path
@@ -78,16 +79,20 @@ def test_onnx_matches_torch_with_dynamic_batch(
     torch.manual_seed(0)
     scaler = StandardScaler(mean=np.array([1.0, -2.0, 10.0, 0.0]), scale=np.array([2, 0.5, 3, 1]))
     model = build_model(family, 32, 4, **hyper)
-    if isinstance(model, PCAModel):
-        model.fit_closed_form(_correlated(200, 32, 0))
+    fit_closed_form = getattr(model, "fit_closed_form", None)
+    if fit_closed_form is not None:
+        fit_closed_form(_correlated(200, 32, 0))
     graph = ScoringGraph(model.eval(), scaler)
     path = tmp_path / "m.onnx"
     export_onnx(graph, path, 32, 4)
     z = _correlated(257, 32, 2)
     z[:10, 5:, 1] += 3.0  # some anomalous windows too
     windows = (z * np.array([2, 0.5, 3, 1]) + np.array([1.0, -2.0, 10.0, 0.0])).astype(np.float32)
-    assert check_parity(path, graph, windows) < 1e-4
-    assert check_parity(path, graph, windows[:1]) < 1e-4
+    # check_parity raises beyond 1e-5 + 1e-4 × |value|; the anomalous windows' T² runs into the
+    # hundreds, where float32 keeps about 1e-5 absolute.
+    for some in (windows, windows[:1]):
+        largest = float(score_windows(graph, some)[0].max())
+        assert check_parity(path, graph, some) < 1e-4 * max(1.0, largest / 100)
     # The contract every family keeps: score is the mean over sensors of sensor_error.
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     score, sensor_error = session.run(None, {"window": windows})

@@ -1,4 +1,5 @@
-"""Model families, training options and the PCA baseline (export parity: test_export.py)."""
+"""Model families, training options, the PCA baseline and Hotelling T² (export parity:
+test_export.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ from monitor.errors import ConfigError
 from training.calibrate import PotRule
 from training.export import ScoringGraph, score_windows
 from training.fit import FitConfig, fit
-from training.models import FAMILIES, DenseVAE, build_model, pointwise_error
+from training.hotelling import HotellingModel
+from training.models import (
+    FAMILIES,
+    DenseVAE,
+    build_model,
+    fitted_in_closed_form,
+    pointwise_error,
+    reconstructs,
+)
 from training.pca import PCAModel
 from training.windows import StandardScaler
 
@@ -31,7 +40,7 @@ def correlated(n: int, length: int = 16, seed: int = 0) -> np.ndarray:
 
 
 def test_families() -> None:
-    assert FAMILIES == ("dense", "conv", "lstm", "vae", "pca")
+    assert FAMILIES == ("dense", "conv", "lstm", "vae", "pca", "hotelling")
     with pytest.raises(ConfigError, match="unknown model family 'gru'"):
         build_model("gru", 16, 4)
 
@@ -44,13 +53,14 @@ def test_every_family_trains_and_reconstructs(family: str) -> None:
     assert not model.training
     assert all(np.isfinite(result.train_loss))
     assert all(np.isfinite(result.val_loss))
-    assert len(result.val_loss) == (1 if family == "pca" else 2)
+    assert len(result.val_loss) == (1 if fitted_in_closed_form(family) else 2)
     x = torch.from_numpy(val)
     with torch.no_grad():
         y1, y2 = model(x), model(x)
         err = pointwise_error(model, x)
     assert y1.shape == x.shape
-    assert err.shape == x.shape
+    # A family that scores the window as a whole gives one error per sensor and window.
+    assert err.shape == (x.shape if reconstructs(family) else (32, 1, 4))
     torch.testing.assert_close(y1, y2)  # eval is deterministic (the VAE reads its mean)
 
 
@@ -173,4 +183,111 @@ def test_pipeline_trains_a_pca_bundle_with_pot(tmp_path: Path) -> None:
     assert set(m.threshold.params) >= {"level", "risk", "shape", "scale", "initial"}
     assert m.onnx.parity_max_abs_diff < 1e-4
     # Risk 1e-3 on 600 validation windows: the threshold lies beyond all but a few of them.
+    assert m.validation.above_threshold < 0.01
+
+
+def test_hotelling_contributions_sum_to_the_shrunk_t2_of_window_statistics() -> None:
+    train = correlated(300, seed=3)
+    model = HotellingModel(16, 4, shrinkage=0.2)
+    model.fit_closed_form(train)
+
+    def stats(w: np.ndarray) -> np.ndarray:
+        w = w.astype(np.float64)
+        return np.concatenate([w.mean(axis=1), np.abs(np.diff(w, axis=1)).mean(axis=1)], axis=1)
+
+    s = stats(train)
+    cov = np.cov(s, rowvar=False)
+    cov = 0.8 * cov + 0.2 * np.trace(cov) / 8 * np.eye(8)
+    x = correlated(7, seed=9)
+    d = stats(x) - s.mean(axis=0)
+    t2 = np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d)
+    with torch.no_grad():
+        err = model.pointwise_error(torch.from_numpy(x)).numpy()
+    assert err.shape == (7, 1, 4)
+    assert np.all(err >= 0)
+    np.testing.assert_allclose(err.sum(axis=(1, 2)), t2, rtol=1e-4)
+    # Sensor f's share is the contribution of its level plus that of its fluctuation.
+    whitened = d @ np.real(_inverse_sqrt(cov))
+    np.testing.assert_allclose(err[:, 0], whitened[:, :4] ** 2 + whitened[:, 4:] ** 2, rtol=1e-4)
+
+
+def _inverse_sqrt(cov: np.ndarray) -> np.ndarray:
+    val, vec = np.linalg.eigh(cov)
+    return (vec / np.sqrt(val)) @ vec.T
+
+
+def test_hotelling_sees_what_reconstruction_misses_and_names_the_sensor() -> None:
+    """All four sensors move together along their normal relation (a throttled valve moves a
+    pump along its curve): every reading is one the PCA model reconstructs, but the level is
+    one the training windows never held. And sensor 1 fluctuating far more at the same level:
+    the fluctuation statistic sees it, the level alone does not."""
+    train = correlated(400, seed=3)
+    test = correlated(200, seed=4)
+    identity = StandardScaler(mean=np.zeros(4), scale=np.ones(4))
+    mix = np.array([1.0, 0.5, -1.0, 0.2], np.float32)
+    # An offset of the first latent signal: a move along the normal relation, at 1.5 × its
+    # typical level, held for the whole window.
+    moved = test + 1.5 * mix
+    rough = test.copy()
+    rough[:, :, 1] += 0.5 * np.random.default_rng(5).standard_normal((200, 16))
+    scores = {}
+    for name, model in (
+        ("hotelling", HotellingModel(16, 4)),
+        ("level only", HotellingModel(16, 4, roughness=False)),
+        ("pca", PCAModel(16, 4, n_components=2)),
+    ):
+        model.fit_closed_form(train)
+        graph = ScoringGraph(model.eval(), identity)
+        normal, _ = score_windows(graph, test)
+        shifted, _ = score_windows(graph, moved)
+        noisy, noisy_err = score_windows(graph, rough)
+        scores[name] = (_auc(normal, shifted), _auc(normal, noisy))
+        if name == "hotelling":
+            assert np.mean(noisy_err.argmax(axis=1) == 1) > 0.9
+    assert scores["hotelling"][0] > 0.95
+    assert scores["hotelling"][1] > 0.95
+    assert scores["pca"][0] < 0.7  # the move along the relation reconstructs
+    assert scores["level only"][1] < 0.7  # fluctuation at the same level is no new level
+
+
+def test_hotelling_validates_and_refuses_the_bias_check(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="shrinkage"):
+        HotellingModel(16, 4, shrinkage=1.5)
+    with pytest.raises(ConfigError, match="do not vary"):
+        HotellingModel(16, 4).fit_closed_form(np.ones((20, 16, 4), np.float32))
+    assert not reconstructs("hotelling")
+    assert reconstructs("pca")
+    assert reconstructs("dense")
+    from training.pipeline import TrainConfig, train_bundle
+
+    with pytest.raises(ConfigError, match="--model hotelling reconstructs nothing"):
+        train_bundle(
+            TrainConfig(
+                data=tmp_path / "absent.csv",
+                out=tmp_path / "b",
+                family="hotelling",
+                bias_factor=2.0,
+            )
+        )
+
+
+def test_pipeline_trains_a_hotelling_bundle(tmp_path: Path) -> None:
+    from tests.conftest import sine_frame
+    from training.pipeline import TrainConfig, train_bundle
+
+    data = tmp_path / "normal.csv"
+    sine_frame(3000).to_csv(data, index=False)
+    result = train_bundle(
+        TrainConfig(
+            data=data,
+            out=tmp_path / "bundle",
+            family="hotelling",
+            window=16,
+            fit=FitConfig(progress=False),
+        )
+    )
+    m = load_bundle(result.bundle.path).manifest
+    assert m.model.family == "hotelling"
+    assert m.onnx.parity_max_abs_diff < 1e-4
+    # Calibrated like every family: the 0.99 quantile of the validation windows × 1.5.
     assert m.validation.above_threshold < 0.01

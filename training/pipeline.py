@@ -46,6 +46,7 @@ from training.export import (
 )
 from training.fit import FitConfig, fit, seed_everything
 from training.flatline import FLATLINE_MODES, Flatline, fit_flatline
+from training.hotelling import HotellingModel
 from training.models import build_model, fitted_in_closed_form, reconstructs
 from training.modes import ModeThresholds, fit_modes, operating_points
 from training.pca import PCAModel
@@ -305,6 +306,10 @@ def _manifest(
     if isinstance(model, PCAModel):
         hyper["components_fitted"] = model.fitted_components
         hyper["explained_variance_fitted"] = model.fitted_explained
+    if isinstance(model, HotellingModel):
+        # The statistics and shrinkage in effect, defaults included.
+        hyper["shrinkage"] = model.shrinkage
+        hyper["roughness"] = model.roughness
     return Manifest(
         schema_version=SCHEMA_VERSION,
         model=ModelSpec(

@@ -288,6 +288,8 @@ def test_pipeline_trains_a_hotelling_bundle(tmp_path: Path) -> None:
     )
     m = load_bundle(result.bundle.path).manifest
     assert m.model.family == "hotelling"
+    assert m.model.hyperparameters["shrinkage"] == 0.1
+    assert m.model.hyperparameters["roughness"] is True
     assert m.onnx.parity_max_abs_diff < 1e-4
     # Calibrated like every family: the 0.99 quantile of the validation windows × 1.5.
     assert m.validation.above_threshold < 0.01

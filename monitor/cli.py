@@ -209,13 +209,6 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--pot-risk", type=float, default=1e-4, help="POT: per-window false-alarm risk")
     _add_model_options(p)
-    p.add_argument(
-        "--hyper",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model hyperparameter, e.g. --hyper n_components=4 --hyper per_step=false",
-    )
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--learning-rate", type=float, default=1e-3)
@@ -234,9 +227,16 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    """How a bundle is trained and what its graph adds to the score (``--noise-std``,
-    ``--mask-fraction``, ``--mask-unit``, ``--sensor-weighting``, ``--modes``, ``--flatline``,
-    ``--bias-factor``), shared by ``train`` and ``evaluate``."""
+    """How a bundle is trained and what its graph adds to the score (``--hyper``,
+    ``--noise-std``, ``--mask-fraction``, ``--mask-unit``, ``--sensor-weighting``, ``--modes``,
+    ``--flatline``, ``--bias-factor``), shared by ``train`` and ``evaluate``."""
+    p.add_argument(
+        "--hyper",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model hyperparameter, e.g. --hyper n_components=4 --hyper per_step=false",
+    )
     p.add_argument(
         "--noise-std", type=float, default=0.0, help="denoising: input noise (normalised units)"
     )
@@ -709,6 +709,7 @@ def _evaluate_in(args: argparse.Namespace, work: Path) -> int:
             threshold_factor=args.threshold_factor,
             pot_level=args.pot_level,
             pot_risk=args.pot_risk,
+            hyperparameters=_parse_hyper(args.hyper),
             ignore_sensors=tuple(args.ignore_columns or ()),
             sensor_weighting=args.sensor_weighting,
             modes=args.modes,

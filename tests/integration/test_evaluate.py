@@ -358,6 +358,7 @@ def test_skab_training_options_reach_the_bundles(tmp_path: Path) -> None:
         noise_std=0.1,
         mask_fraction=0.25,
         mask_unit="sensor",
+        hyperparameters={"hidden": (32, 8)},
     )
     result = evaluate("skab", root, model=model, work_dir=tmp_path / "work")
     manifest = load_bundle(result.bundles["valve1/0"]).manifest
@@ -367,5 +368,6 @@ def test_skab_training_options_reach_the_bundles(tmp_path: Path) -> None:
     assert len(manifest.model.hyperparameters["sensor_weights"]) == len(SKAB_SENSORS)
     hyper = manifest.model.hyperparameters
     assert (hyper["noise_std"], hyper["mask_fraction"], hyper["mask_unit"]) == (0.1, 0.25, "sensor")
+    assert hyper["hidden"] == [32, 8]
     assert result.options["model"]["threshold_rule"] == "pot"
     assert result.options["model"]["mask_unit"] == "sensor"

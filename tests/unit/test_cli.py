@@ -181,6 +181,7 @@ def test_train_and_evaluate_share_the_model_options() -> None:
     options = [
         "--noise-std", "0.1", "--mask-fraction", "0.25", "--mask-unit", "sensor",
         "--sensor-weighting", "balanced", "--modes", "2", "--bias-factor", "1.5",
+        "--hyper", "shrinkage=0.2",
     ]  # fmt: skip
     train = parser.parse_args(["train", "--data", "d", "--out", "o", *options])
     evaluate = parser.parse_args(["evaluate", "--protocol", "generic", "--data", "d", *options])
@@ -194,6 +195,7 @@ def test_train_and_evaluate_share_the_model_options() -> None:
             2,
             1.5,
         )
+        assert args.hyper == ["shrinkage=0.2"]
 
 
 def test_denoising_options_on_pca_are_one_line(

@@ -193,27 +193,30 @@ def _fit_closed_form(
     result = FitResult(model=model.eval(), device="cpu")
     # The loss of a closed-form model is its mean error as scored (for PCA without T², the
     # reconstruction MSE; Hotelling T² reconstructs nothing, its error is the T² share).
-    result.train_loss.append(_mean_error(model, torch.from_numpy(train), config.batch_size))
-    result.val_loss.append(_mean_error(model, torch.from_numpy(val), config.batch_size))
+    for losses, x in ((result.train_loss, train), (result.val_loss, val)):
+        losses.append(_evaluate(model, torch.from_numpy(x), config.batch_size, _mean_error))
     logger.info("fitted in closed form; validation loss %.5f", result.val_loss[0])
     return result
 
 
+def _reconstruction_mse(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    return nn.functional.mse_loss(model(batch), batch)
+
+
+def _mean_error(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    return pointwise_error(model, batch).mean()
+
+
 @torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, batch_size: int) -> float:
+def _evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    batch_size: int,
+    loss: Callable[[nn.Module, torch.Tensor], torch.Tensor] = _reconstruction_mse,
+) -> float:
     model.eval()
     total = 0.0
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size]
-        total += float(nn.functional.mse_loss(model(batch), batch)) * len(batch)
-    return total / max(len(x), 1)
-
-
-@torch.no_grad()
-def _mean_error(model: nn.Module, x: torch.Tensor, batch_size: int) -> float:
-    model.eval()
-    total = 0.0
-    for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size]
-        total += float(pointwise_error(model, batch).mean()) * len(batch)
+        total += float(loss(model, batch)) * len(batch)
     return total / max(len(x), 1)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.bundle import load_bundle
+from monitor.bundle import Manifest, load_bundle
 from monitor.errors import ConfigError
 from training.calibrate import PotRule
 from training.export import ScoringGraph, score_windows
@@ -158,7 +158,8 @@ def test_pca_validates_hyperparameters() -> None:
         PCAModel(16, 4, explained_variance=1.0)
 
 
-def test_pipeline_trains_a_pca_bundle_with_pot(tmp_path: Path) -> None:
+def train_on_sines(tmp_path: Path, family: str, **config: Any) -> Manifest:
+    """The manifest of a ``family`` bundle trained by the pipeline on 3,000 rows of sines."""
     from tests.conftest import sine_frame
     from training.pipeline import TrainConfig, train_bundle
 
@@ -168,14 +169,22 @@ def test_pipeline_trains_a_pca_bundle_with_pot(tmp_path: Path) -> None:
         TrainConfig(
             data=data,
             out=tmp_path / "bundle",
-            family="pca",
+            family=family,
             window=16,
-            threshold=PotRule(level=0.95, risk=1e-3),
             fit=FitConfig(progress=False),
-            hyperparameters={"n_components": 1},
+            **config,
         )
     )
-    m = load_bundle(result.bundle.path).manifest
+    return load_bundle(result.bundle.path).manifest
+
+
+def test_pipeline_trains_a_pca_bundle_with_pot(tmp_path: Path) -> None:
+    m = train_on_sines(
+        tmp_path,
+        "pca",
+        threshold=PotRule(level=0.95, risk=1e-3),
+        hyperparameters={"n_components": 1},
+    )
     assert m.model.family == "pca"
     assert m.model.hyperparameters["components_fitted"] == 1
     assert "noise_std" not in m.model.hyperparameters
@@ -272,21 +281,7 @@ def test_hotelling_validates_and_refuses_the_bias_check(tmp_path: Path) -> None:
 
 
 def test_pipeline_trains_a_hotelling_bundle(tmp_path: Path) -> None:
-    from tests.conftest import sine_frame
-    from training.pipeline import TrainConfig, train_bundle
-
-    data = tmp_path / "normal.csv"
-    sine_frame(3000).to_csv(data, index=False)
-    result = train_bundle(
-        TrainConfig(
-            data=data,
-            out=tmp_path / "bundle",
-            family="hotelling",
-            window=16,
-            fit=FitConfig(progress=False),
-        )
-    )
-    m = load_bundle(result.bundle.path).manifest
+    m = train_on_sines(tmp_path, "hotelling")
     assert m.model.family == "hotelling"
     assert m.model.hyperparameters["shrinkage"] == 0.1
     assert m.model.hyperparameters["roughness"] is True

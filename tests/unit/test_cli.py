@@ -175,6 +175,20 @@ def test_evaluate_asset_groups_misuse_is_one_line(
     )
 
 
+def test_train_offers_every_model_family() -> None:
+    """``train --model``'s choices are spelled out in the CLI (it must not import torch); they
+    are the families the trainer builds."""
+    from training.models import FAMILIES
+
+    parser = build_parser()
+    train = parser.parse_args(["train", "--data", "d", "--out", "o"])
+    assert train.model == "dense"
+    for family in FAMILIES:
+        assert parser.parse_args(["train", "--data", "d", "--out", "o", "--model", family])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data", "d", "--out", "o", "--model", "transformer"])
+
+
 def test_train_and_evaluate_share_the_model_options() -> None:
     """What ``train`` can train, ``evaluate`` can evaluate: both parse the same options."""
     parser = build_parser()

@@ -21,6 +21,8 @@ from monitor import __version__
 from monitor.errors import ConfigError, DependencyError, PlantwatchError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from monitor.config import Settings
@@ -566,6 +568,20 @@ async def _notify(settings: Settings) -> int:
     return 0
 
 
+def awaiting(task: asyncio.Task[Any]) -> str:
+    """Where ``task`` waits, outermost first: ``file:line function`` along its chain of awaits
+    (what a shutdown that overran its deadline was still waiting for)."""
+    where = []
+    step: Any = task.get_coro()
+    while step is not None:
+        frame = getattr(step, "cr_frame", None) or getattr(step, "gi_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            where.append(f"{Path(code.co_filename).name}:{frame.f_lineno} {code.co_name}")
+        step = getattr(step, "cr_await", None) or getattr(step, "gi_yieldfrom", None)
+    return f"{task.get_name()}: {' > '.join(where) or repr(task)}"
+
+
 def _install_signals(request_stop: Callable[[], None], deadline: float) -> None:
     """SIGTERM/SIGINT stop gracefully within ``deadline``; a second signal exits at once."""
     import asyncio
@@ -577,6 +593,8 @@ def _install_signals(request_stop: Callable[[], None], deadline: float) -> None:
 
     def force_exit(reason: str) -> None:
         logger.error("%s: exiting without a clean shutdown", reason)
+        for task in asyncio.all_tasks(loop):
+            logger.error("still waiting: %s", awaiting(task))
         logging.shutdown()
         os._exit(1)
 

@@ -225,3 +225,33 @@ def test_denoising_options_on_pca_are_one_line(
         errors = [line for line in stderr.splitlines() if line.startswith("plantwatch train:")]
         assert len(errors) == 1, stderr
         assert "--model pca is fitted in closed form" in errors[0]
+
+
+def test_a_stuck_shutdown_names_what_it_waits_for() -> None:
+    """At the shutdown deadline, serve logs where each task still waits, await by await."""
+    import asyncio
+
+    from monitor.cli import awaiting
+
+    async def fetch(ready: asyncio.Event) -> None:
+        await ready.wait()
+
+    async def run(ready: asyncio.Event) -> None:
+        await fetch(ready)
+
+    async def main() -> str:
+        ready = asyncio.Event()
+        task = asyncio.create_task(run(ready), name="consume-loop")
+        await asyncio.sleep(0)
+        where = awaiting(task)
+        ready.set()
+        await task
+        return where
+
+    where = asyncio.run(main())
+    assert where.startswith("consume-loop: test_cli.py:")
+    assert [step.rsplit(" ", 1)[1] for step in where.split(": ", 1)[1].split(" > ")] == [
+        "run",
+        "fetch",
+        "wait",
+    ]

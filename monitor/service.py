@@ -810,10 +810,17 @@ class Service(Lifecycle):
         while True:
             asked += 1
             try:
-                fetched = await self._admin.list_consumer_group_offsets(group, partitions=pending)
+                # Bounded too: an answer the coordinator holds back (it may be rebalancing the
+                # group) must not hold the handover, or a stop, past the wait.
+                fetched = await asyncio.wait_for(
+                    self._admin.list_consumer_group_offsets(group, partitions=pending),
+                    timeout=max(deadline - time.monotonic(), COMMIT_VISIBLE_POLL_S),
+                )
             except KafkaError as exc:
                 logger.warning("could not check that the commit before the handover shows: %r", exc)
                 return
+            except TimeoutError:
+                fetched = {}
             pending = [
                 tp
                 for tp in pending

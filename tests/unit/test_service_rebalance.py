@@ -14,6 +14,7 @@ marker is still pending).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -183,6 +184,32 @@ async def test_a_commit_that_never_shows_delays_the_rebalance_only_so_long(
     assert len(admin.held) > 1
     assert len(service.pipeline.store) == 0
     assert "readings[0]" in caplog.text
+    assert "does not show in group" in caplog.text
+
+
+class _SilentAdmin(_LaggingAdmin):
+    """A group coordinator that never answers."""
+
+    async def list_consumer_group_offsets(
+        self, group_id: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        self.held.append(len(self.service.pipeline.store))
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_an_unanswered_check_delays_the_rebalance_only_so_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(service_module, "COMMIT_VISIBLE_WAIT_S", 0.1)
+    service, consumer, producer = _service(tmp_path)
+    admin = _SilentAdmin(service, producer, lag=0)
+    service._admin = admin  # type: ignore[assignment]
+    await service._process({TP: consumer.records})
+    with caplog.at_level(logging.WARNING, logger="monitor.service"):
+        await asyncio.wait_for(_Rebalance(service).on_partitions_revoked([TP]), timeout=5)
+    assert admin.held == [3]
+    assert len(service.pipeline.store) == 0
     assert "does not show in group" in caplog.text
 
 

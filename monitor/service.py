@@ -58,14 +58,7 @@ from monitor.detector import Detector, DetectorConfig, held_windows
 from monitor.errors import ConfigError, DataError, KafkaUnavailableError, PlantwatchError
 from monitor.events import AlertEvent
 from monitor.http import OpsServer
-from monitor.kafka import (
-    BATCH_DRAIN,
-    RAW_RECORDS,
-    Record,
-    client_kwargs,
-    raw_records,
-    start_error,
-)
+from monitor.kafka import RAW_RECORDS, Record, client_kwargs, raw_records, start_error
 from monitor.lifecycle import Lifecycle
 from monitor.metrics import Metrics
 from monitor.model import LoadedModel, ModelManager
@@ -522,12 +515,11 @@ class Service(Lifecycle):
                 sys.setswitchinterval(SWITCH_INTERVAL_S)
             _switching["services"] += 1
         (logger.info if native.speedups is not None else logger.warning)(native.describe())
-        if not (RAW_RECORDS and BATCH_DRAIN):
+        if not RAW_RECORDS:
             logger.warning(
-                "aiokafka %s: records come %s (its internals differ from those the fast path "
-                "expects); JSON single readings are slower",
+                "aiokafka %s: records come as ConsumerRecords (its internals differ from "
+                "those the fast path expects); JSON single readings are slower",
                 aiokafka_version,
-                "one by one" if RAW_RECORDS else "as ConsumerRecords",
             )
         logger.info(
             "consuming %s as group %s from %s",

@@ -24,6 +24,8 @@ and the simulator in ``bench/results/detection.md`` (session 18).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -87,6 +89,10 @@ class HotellingModel(nn.Module):
         whitener = (eigvec / np.sqrt(eigval)) @ eigvec.T  # symmetric C^-½
         self.center.copy_(torch.from_numpy(center))
         self.whitener.copy_(torch.from_numpy(whitener))
+
+    def fitted_hyperparameters(self) -> dict[str, Any]:
+        """The shrinkage and statistics in effect, defaults included."""
+        return {"shrinkage": self.shrinkage, "roughness": self.roughness}
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """No reconstruction: the window itself (see ``RECONSTRUCTS``)."""

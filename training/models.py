@@ -12,7 +12,9 @@ it by name:
 * ``auxiliary_loss() -> scalar``: a term added to the training loss after each forward pass
   (the VAE's KL divergence);
 * ``fit_closed_form(windows)``: fitted in one step instead of by gradient descent (PCA,
-  Hotelling).
+  Hotelling);
+* ``fitted_hyperparameters() -> dict``: what the fit chose or used, recorded in the manifest's
+  hyperparameters (PCA's components kept, Hotelling's shrinkage and statistics).
 """
 
 from __future__ import annotations

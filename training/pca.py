@@ -21,6 +21,8 @@ eigendecomposition of the covariance (numpy); torch only carries the fixed matri
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -96,6 +98,13 @@ class PCAModel(nn.Module):
             self.projector.copy_(torch.from_numpy(projector))
             self.residual.copy_(torch.from_numpy(np.eye(dim) - projector))
             self.whitener.copy_(torch.from_numpy((p / np.sqrt(lam)) @ p.T))
+
+    def fitted_hyperparameters(self) -> dict[str, Any]:
+        """The components :meth:`fit_closed_form` kept and the variance share they explain."""
+        return {
+            "components_fitted": self.fitted_components,
+            "explained_variance_fitted": self.fitted_explained,
+        }
 
     def _centered(self, z: torch.Tensor) -> torch.Tensor:
         return z - self.center.view(-1, self.n_features)

@@ -46,10 +46,8 @@ from training.export import (
 )
 from training.fit import FitConfig, fit, seed_everything
 from training.flatline import FLATLINE_MODES, Flatline, fit_flatline
-from training.hotelling import HotellingModel
 from training.models import build_model, fitted_in_closed_form, reconstructs
 from training.modes import ModeThresholds, fit_modes, operating_points
-from training.pca import PCAModel
 from training.report import write_report
 from training.windows import StandardScaler, time_split, windows_from_segments
 
@@ -303,13 +301,9 @@ def _manifest(
         hyper.update(flatline.to_json(dataset.features))
     if bias is not None:
         hyper.update(bias.to_json(dataset.features))
-    if isinstance(model, PCAModel):
-        hyper["components_fitted"] = model.fitted_components
-        hyper["explained_variance_fitted"] = model.fitted_explained
-    if isinstance(model, HotellingModel):
-        # The statistics and shrinkage in effect, defaults included.
-        hyper["shrinkage"] = model.shrinkage
-        hyper["roughness"] = model.roughness
+    fitted = getattr(model, "fitted_hyperparameters", None)
+    if fitted is not None:
+        hyper.update(fitted())
     return Manifest(
         schema_version=SCHEMA_VERSION,
         model=ModelSpec(

@@ -40,7 +40,8 @@ class KafkaSettings(_Section):
     #: The brokers' ``offset.metadata.max.bytes``: room for alert state in each commit.
     offset_metadata_max_bytes: int = Field(default=4096, ge=64)
     #: How long the brokers keep a transaction of a crashed instance open before aborting it
-    #: (a restarted instance with the same ``instance_id`` aborts it at once). Until then,
+    #: (a restarted instance with the same ``instance_id`` aborts it at once), plus up to their
+    #: ``transaction.abort.timed.out.transaction.cleanup.interval.ms``. Until then,
     #: ``read_committed`` readers of the alerts and scores topics wait at that transaction.
     #: Must exceed the time one batch takes to score and commit.
     transaction_timeout_ms: int = Field(default=60_000, ge=1_000, le=900_000)

@@ -348,6 +348,10 @@ class LocalKafka:
             "transaction.state.log.min.isr": "1",
             "transaction.state.log.num.partitions": "10",
             "group.initial.rebalance.delay.ms": "0",
+            # How often the broker aborts transactions past their timeout (2.3's default: 60 s).
+            # Until then a crashed producer's open transaction holds back every read_committed
+            # reader of the partitions it wrote to; 1 s keeps that close to the timeout itself.
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
             # Tests and the service create their topics explicitly; typos should fail loudly.
             "auto.create.topics.enable": "false",
             "delete.topic.enable": "true",

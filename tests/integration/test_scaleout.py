@@ -23,6 +23,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from monitor import offsets
 from monitor.events import AlertEvent
@@ -37,6 +38,8 @@ PARTITIONS = 6
 RATE = 600  # readings/s: well under what three instances score on 2 shared cores
 #: A killed member holds its partitions until its session times out (aiokafka: 10 s).
 RECOVERY_LIMIT_S = 30.0
+TRANSACTION_TIMEOUT_MS = 10_000
+ABORT_CHECK = "transaction.abort.timed.out.transaction.cleanup.interval.ms"
 
 
 class Group:
@@ -70,6 +73,49 @@ class Group:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
+
+
+async def _abort_check_s(bootstrap: str) -> float:
+    """How often the broker aborts transactions past their timeout."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, "0", {ABORT_CHECK: None})]
+        )
+    finally:
+        await admin.close()
+    [resource] = response.to_object()["resources"]
+    [entry] = resource["config_entries"]
+    return int(entry["config_value"]) / 1000
+
+
+async def _transactions_end(bootstrap: str, topics: list[str], by: float) -> None:
+    """Wait until no transaction is open on ``topics`` (each partition's last stable offset has
+    reached its high watermark), failing at monotonic time ``by``.
+
+    A SIGKILLed instance's open transaction holds back every ``read_committed`` reader of the
+    partitions it wrote to until the broker aborts it: after the transaction timeout, at its
+    next check for timed-out transactions.
+    """
+    committed = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    everything = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await committed.start()
+    await everything.start()
+    try:
+        tps = [TopicPartition(t, 0) for t in topics]  # created with one partition each
+        while True:
+            stable = await committed.end_offsets(tps)
+            ends = await everything.end_offsets(tps)
+            if stable == ends:
+                return
+            if time.monotonic() > by:
+                open_at = {f"{tp.topic[-8:]}[{tp.partition}]": (stable[tp], ends[tp]) for tp in tps}
+                raise AssertionError(f"transactions still open (stable offset, end): {open_at}")
+            await asyncio.sleep(0.25)
+    finally:
+        await committed.stop()
+        await everything.stop()
 
 
 async def _scored(bootstrap: str, topic: str) -> Counter[tuple[str, int]]:
@@ -146,7 +192,10 @@ async def test_group_scales_out_survives_sigkill_and_graceful_stop(
     alerts, dlq, scores = [await new_topic(partitions=1) for _ in range(3)]
     group_id = f"scaleout-{readings[-8:]}"
     doc: dict[str, Any] = {
-        "kafka": {"bootstrap_servers": kafka_bootstrap, "transaction_timeout_ms": 10_000},
+        "kafka": {
+            "bootstrap_servers": kafka_bootstrap,
+            "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
+        },
         "input": {"topics": [readings], "group_id": group_id, "dead_letter_topic": dlq},
         "model": {
             "path": str(plant_bundle),
@@ -198,6 +247,8 @@ async def test_group_scales_out_survives_sigkill_and_graceful_stop(
                 await asyncio.sleep(2.0)
                 at = time.monotonic()
                 act()
+                if change == "SIGKILL b":
+                    killed_at = at
                 if change == "SIGTERM c":
                     stopped = group.procs.pop("c")
                     assert await asyncio.to_thread(stopped.wait, 20) == 0, group.log("c")[-2000:]
@@ -211,6 +262,10 @@ async def test_group_scales_out_survives_sigkill_and_graceful_stop(
         codes = {n: p.wait(20) for n, p in group.procs.items()}
         group.close()
     assert codes == {"a": 0, "d": 0}, codes
+    # b died inside a transaction; the scores and alerts it wrote stay unreadable until the
+    # broker aborts that transaction, and so does everything written after them.
+    aborted_by = killed_at + TRANSACTION_TIMEOUT_MS / 1000 + await _abort_check_s(kafka_bootstrap)
+    await _transactions_end(kafka_bootstrap, [scores, alerts], by=aborted_by + 5.0)
 
     expected = set()
     first = sim.config.start_ms + (PLANT_WINDOW - 1) * sim.config.interval_ms

@@ -197,7 +197,8 @@ class ModelManager:
         """Reload when the bundle changes (``poll``) or on :meth:`request_reload`. Runs forever."""
         while True:
             try:
-                await asyncio.wait_for(self._reload_requested.wait(), timeout=poll_s)
+                async with asyncio.timeout(poll_s):
+                    await self._reload_requested.wait()
             except TimeoutError:
                 if not poll:
                     continue

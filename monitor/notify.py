@@ -180,7 +180,8 @@ class Notifier(Lifecycle):
         if self._running is not None and not self._running.done():
             # run() drains and commits; give it its deadline plus a margin for the commit.
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._running), self._drain_deadline_s + 10.0)
+                async with asyncio.timeout(self._drain_deadline_s + 10.0):
+                    await asyncio.shield(self._running)
         await self._cancel_tasks(list(self._tasks.values()))
         if self._consumer is not None:
             await self._commit_done()

@@ -58,7 +58,14 @@ from monitor.detector import Detector, DetectorConfig, held_windows
 from monitor.errors import ConfigError, DataError, KafkaUnavailableError, PlantwatchError
 from monitor.events import AlertEvent
 from monitor.http import OpsServer
-from monitor.kafka import RAW_RECORDS, Record, client_kwargs, raw_records, start_error
+from monitor.kafka import (
+    RAW_RECORDS,
+    Record,
+    client_kwargs,
+    group_assignors,
+    raw_records,
+    start_error,
+)
 from monitor.lifecycle import Lifecycle
 from monitor.metrics import Metrics
 from monitor.model import LoadedModel, ModelManager
@@ -107,6 +114,8 @@ PROBE_INTERVAL_S = 5.0
 #: Service._await_visible), polling every COMMIT_VISIBLE_POLL_S.
 COMMIT_VISIBLE_WAIT_S = 5.0
 COMMIT_VISIBLE_POLL_S = 0.02
+#: How long a new owner tries to fence an instance that left the group (Service._fence_departed).
+FENCE_TIMEOUT_S = 5.0
 #: Message keys remembered with the route whose asset they name (see Service._owners).
 KEY_ROUTE_CACHE = 1 << 17
 
@@ -250,7 +259,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.service._batch_lock:
             try:
-                await self.service._assign(assigned)
+                await self.service._assign(assigned, fence=True)
             finally:
                 self.service._reassigning = False
 
@@ -312,6 +321,9 @@ class Service(Lifecycle):
         self._scoring: deque[_Scoring] = deque()
         #: Per assigned partition: the last commit known to have succeeded, (offset, metadata).
         self._last_commit: dict[TopicPartition, tuple[int, str]] = {}
+        #: Names this instance in its transactional id, its commits and its group membership.
+        self._instance = settings.instance_id or socket.gethostname()
+        self._assignors = group_assignors(self._instance)
         #: Per partition: commit without alert state until then (it did not fit); last warning.
         self._bare_commits_until: dict[TopicPartition, float] = {}
         self._bare_commit_warned: dict[TopicPartition, float] = {}
@@ -486,6 +498,7 @@ class Service(Lifecycle):
                 fetch_max_wait_ms=s.input.fetch_max_wait_ms,
                 # aiokafka's parsed records, not a ConsumerRecord each (monitor.kafka).
                 key_deserializer=raw_records,
+                partition_assignment_strategy=self._assignors,
             )
             self._consumer.subscribe(list(s.input.topics), listener=_Rebalance(self))
             await self._consumer.start()
@@ -600,15 +613,65 @@ class Service(Lifecycle):
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
-        instance = s.instance_id or socket.gethostname()
         return AIOKafkaProducer(
             **client_kwargs(s.kafka),
             acks="all",
             enable_idempotence=True,
-            transactional_id=f"plantwatch-{s.input.group_id}-{instance}",
+            transactional_id=self._transactional_id(self._instance),
             transaction_timeout_ms=s.kafka.transaction_timeout_ms,
             linger_ms=5,
         )
+
+    def _transactional_id(self, instance: str) -> str:
+        return f"plantwatch-{self.settings.input.group_id}-{instance}"
+
+    async def _fence_departed(self, committers: set[str]) -> None:
+        """Fence the transactional ids of instances that last committed partitions this one
+        now owns but are no longer in the group.
+
+        Such an instance crashed or stalled (past its session timeout), possibly inside a
+        transaction. Left alone, that transaction blocks every ``read_committed`` reader of the
+        alerts and scores topics until the brokers time it out (``kafka.transaction_timeout_ms``
+        plus up to their check interval, two minutes with Kafka 2.3's defaults), and a stalled
+        instance that wakes up could still commit its last batch while this one replays it.
+        Initialising its transactional id aborts that transaction and fences the instance: it
+        exits on its next commit, and its supervisor restarts it into the group.
+        """
+        members = self._assignors[0].members
+        if members is None:  # the group agreed on plain roundrobin: membership unknown
+            return
+        departed = sorted(committers - members - {self._instance})
+        if departed:
+            await asyncio.gather(*(self._fence(instance) for instance in departed))
+
+    async def _fence(self, instance: str) -> None:
+        s = self.settings
+        producer = AIOKafkaProducer(
+            **client_kwargs(s.kafka),
+            enable_idempotence=True,
+            transactional_id=self._transactional_id(instance),
+            transaction_timeout_ms=s.kafka.transaction_timeout_ms,
+        )
+        try:
+            # start() initialises the transactional id: it returns once the broker has aborted
+            # whatever the departed instance left open.
+            async with asyncio.timeout(FENCE_TIMEOUT_S):
+                await producer.start()
+            logger.info(
+                "fenced instance %r, which left the group: its open transaction, if any, is "
+                "aborted",
+                instance,
+            )
+        except (KafkaError, TimeoutError) as exc:
+            logger.warning(
+                "could not fence instance %r, which left the group (%r); an open transaction "
+                "of it blocks read_committed readers until the brokers time it out",
+                instance,
+                exc,
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await producer.stop()
 
     async def _rewind(self, cause: BaseException) -> None:
         """Recover from a batch whose transaction failed, without a restart.
@@ -844,7 +907,9 @@ class Service(Lifecycle):
                 return
             await asyncio.sleep(COMMIT_VISIBLE_POLL_S)
 
-    async def _assign(self, assigned: list[TopicPartition]) -> set[TopicPartition]:
+    async def _assign(
+        self, assigned: list[TopicPartition], *, fence: bool = False
+    ) -> set[TopicPartition]:
         """Restore the assigned partitions from their last commits; return those restored.
 
         Per partition the newer (by ``scored_through``) of the group coordinator's commit and
@@ -852,6 +917,9 @@ class Service(Lifecycle):
         last *materialised* commit, which around a broker restart can still lack a transaction
         that did commit (its markers pending) -- that batch would be scored and counted again
         (seen in tests/integration/test_faults.py).
+
+        With ``fence`` (a new assignment), instances that committed these partitions last and
+        have left the group are fenced first (:meth:`_fence_departed`).
         """
         assert self._admin is not None
         if not assigned:
@@ -859,11 +927,16 @@ class Service(Lifecycle):
         fetched = await self._admin.list_consumer_group_offsets(
             self.settings.input.group_id, partitions=list(assigned)
         )
+        states = {tp: offsets.decode(meta.metadata) for tp, meta in fetched.items()}
+        if fence:
+            await self._fence_departed(
+                {state.instance for state in states.values() if state and state.instance}
+            )
         restored: set[TopicPartition] = set()
         for tp in assigned:
             meta = fetched.get(tp)
             offset, metadata = (meta.offset, meta.metadata) if meta is not None else (-1, "")
-            state = offsets.decode(metadata)
+            state = states.get(tp)
             own = self._last_commit.get(tp)
             own_state = offsets.decode(own[1]) if own is not None else None
             source = "group"
@@ -1494,7 +1567,9 @@ class Service(Lifecycle):
             self._last_commit.update(commits)
         except ProducerFenced as exc:
             raise KafkaUnavailableError(
-                f"another instance with instance_id {s.instance_id!r} took over: {exc}"
+                f"fenced: another instance with instance_id {self._instance!r} started, or this "
+                "one stalled past its session timeout and left the group, and its partitions' "
+                f"new owner fenced it; restart to rejoin ({exc})"
             ) from exc
         except KafkaError as exc:
             raise _NotCommittedError(f"could not commit a batch transaction: {exc!r}") from exc
@@ -1522,7 +1597,10 @@ class Service(Lifecycle):
                     if (snapshot := route.detector.snapshot(assets, history=history))
                 }
                 state = offsets.CommitState(
-                    through, detector=snapshots.pop(DEFAULT_ROUTE, None), routes=snapshots or None
+                    through,
+                    detector=snapshots.pop(DEFAULT_ROUTE, None),
+                    routes=snapshots or None,
+                    instance=self._instance,
                 )
                 text = offsets.encode(state, limit=limit)
                 if text is not None:
@@ -1544,7 +1622,9 @@ class Service(Lifecycle):
                     len(assets),
                     limit,
                 )
-        text = offsets.encode(offsets.CommitState(through), limit=limit)
+        text = offsets.encode(
+            offsets.CommitState(through, instance=self._instance), limit=limit
+        ) or offsets.encode(offsets.CommitState(through), limit=limit)
         assert text is not None  # a bare offset always fits
         return text
 

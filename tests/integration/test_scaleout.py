@@ -10,6 +10,7 @@ was produced at the moment of each change is measured and printed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -21,9 +22,10 @@ from typing import Any
 
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import ProducerFenced
 
 from monitor import offsets
 from monitor.events import AlertEvent
@@ -290,3 +292,118 @@ async def test_group_scales_out_survives_sigkill_and_graceful_stop(
         print(f"  caught up after {change}: {seconds:.1f}s")
     assert events, "the quick alert rule should have opened alerts"
     assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1]
+
+
+async def _stable_and_end(bootstrap: str, tp: TopicPartition) -> tuple[int, int]:
+    """``tp``'s last stable offset (what ``read_committed`` readers can reach) and its end."""
+    committed = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    everything = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await committed.start()
+    await everything.start()
+    try:
+        stable = (await committed.end_offsets([tp]))[tp]
+        end = (await everything.end_offsets([tp]))[tp]
+        return stable, end
+    finally:
+        await committed.stop()
+        await everything.stop()
+
+
+async def test_new_owner_fences_an_instance_that_left_a_transaction_open(
+    kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path, tmp_path: Path
+) -> None:
+    """An instance that crashed (or stalled past its session timeout) inside a transaction:
+    its open transaction holds back every reader of the scores topic until the brokers time it
+    out (a minute here), unless the partitions' new owner fences it.
+
+    "a" scores and commits, then is SIGKILLed; a producer with a's transactional id then
+    leaves a transaction open on the scores topic, as "a" would have if it had died a moment
+    later (a real instance's transactions stay open only for milliseconds, too briefly to
+    catch). "b" takes over: readers must be unblocked long before the timeout, the zombie's
+    commit must fail as fenced, and every window must be scored with no alert event twice."""
+    readings = await new_topic(partitions=2)
+    alerts, dlq, scores = [await new_topic(partitions=1) for _ in range(3)]
+    group_id = f"fence-{readings[-8:]}"
+    doc: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": kafka_bootstrap, "transaction_timeout_ms": 60_000},
+        "input": {"topics": [readings], "group_id": group_id, "dead_letter_topic": dlq},
+        "model": {"path": str(plant_bundle), "device": "cpu", "reload": "off", "threads": 1},
+        "detector": {"k": 6, "n": 10, "m": 10},
+        "alerts": {"topic": alerts},
+        "scores": {"topic": scores},
+        "delivery": {"enabled": False},
+        "http": {"host": "127.0.0.1", "port": 0},
+        "shutdown_deadline_s": 10,
+    }
+    sim = PlantSimulator(
+        PlantConfig(
+            **PLANT,
+            start="2026-01-02T00:00:00Z",
+            duration_s=3000,
+            n_faults=2,
+            fault_duration_s=(300.0, 600.0),
+            seed=43,
+        )
+    )
+    scores_tp = TopicPartition(scores, 0)
+    group = Group(tmp_path, doc)
+    zombie = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap,
+        transactional_id=f"plantwatch-{group_id}-a",
+        transaction_timeout_ms=60_000,
+    )
+    try:
+        group.start("a")
+        producing = asyncio.create_task(produce(sim, kafka_bootstrap, readings, rate=200))
+        async with asyncio.timeout(60):
+            while (await _stable_and_end(kafka_bootstrap, scores_tp))[1] < 200:
+                group.check_alive()
+                await asyncio.sleep(0.2)
+        group.kill("a")
+        await zombie.start()
+        await zombie.begin_transaction()
+        await (await zombie.send(scores, b"{}", key=b"zombie"))
+        stuck, end = await _stable_and_end(kafka_bootstrap, scores_tp)
+        assert stuck < end
+        left_open_at = time.monotonic()
+        group.start("b")
+        while True:
+            group.check_alive()
+            stable, end = await _stable_and_end(kafka_bootstrap, scores_tp)
+            if stable > stuck:
+                unblocked = time.monotonic() - left_open_at
+                break
+            # The brokers would abort it 60 s after it began (at their next check).
+            assert time.monotonic() - left_open_at < 45, (stable, end, group.log("b")[-3000:])
+            await asyncio.sleep(0.2)
+        assert "fenced instance 'a'" in group.log("b")
+        with pytest.raises(ProducerFenced):
+            await zombie.commit_transaction()
+        produced = await producing
+        await asyncio.sleep(2.0)
+        group.check_alive()
+        group.procs["b"].send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(group.procs["b"].wait, 20) == 0, group.log("b")[-2000:]
+    finally:
+        with contextlib.suppress(Exception):
+            await zombie.stop()
+        group.close()
+
+    expected = set()
+    first = sim.config.start_ms + (PLANT_WINDOW - 1) * sim.config.interval_ms
+    for ts_ms, _ in sim.arrays():
+        steps = [t for t in ts_ms.tolist() if t >= first]
+        expected.update((asset, t) for asset in sim.assets for t in steps)
+    records = await read_topic(kafka_bootstrap, scores)
+    assert not [r for r in records if r.key == b"zombie"], "the fenced transaction was read"
+    scored = await _scored(kafka_bootstrap, scores)
+    missing = expected - set(scored)
+    assert not missing, f"{len(missing)} windows never scored, e.g. {min(missing)}"
+    events = [AlertEvent.from_json(r.value) for r in await read_topic(kafka_bootstrap, alerts)]
+    ids = Counter(e.event_id for e in events)
+    print(
+        f"\nfencing: {produced} readings; readers unblocked {unblocked:.1f}s after the "
+        f"transaction was left open (the brokers would have aborted it after 60s); "
+        f"{sum(n > 1 for n in scored.values())} windows scored twice, {len(events)} alert events"
+    )
+    assert max(ids.values(), default=1) == 1, [i for i, n in ids.items() if n > 1]

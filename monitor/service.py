@@ -264,6 +264,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.service._reassigning = False
 
 
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    """Stop a producer that is being replaced; whatever it fails with no longer matters."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(PROBE_INTERVAL_S):
+            await producer.stop()
+
+
 class Service(Lifecycle):
     """The monitor: consume readings, score windows, produce alerts, commit — until stopped."""
 
@@ -644,6 +651,27 @@ class Service(Lifecycle):
         if departed:
             await asyncio.gather(*(self._fence(instance) for instance in departed))
 
+    async def _renew_producer(self) -> None:
+        """Replace the transactional producer by a fresh one with the same id, on each new
+        assignment (nothing is open then: a revocation commits first).
+
+        Another member fences this instance's id when it takes over partitions this instance
+        committed in a generation this instance was not part of, e.g. while the group forms at
+        start or while this instance restarts. The fresh producer's epoch comes after every
+        such fence (each was made in an assignment before this one), so it is never fenced by
+        mistake. If the fresh producer cannot start, the old one is kept.
+        """
+        fresh = self._new_producer()
+        try:
+            await fresh.start()
+        except KafkaError as exc:
+            logger.warning("could not renew the transactional producer (%r); keeping it", exc)
+            await _stop_quietly(fresh)
+            return
+        old, self._producer = self._producer, fresh
+        if old is not None:
+            await _stop_quietly(old)
+
     async def _fence(self, instance: str) -> None:
         s = self.settings
         producer = AIOKafkaProducer(
@@ -692,9 +720,7 @@ class Service(Lifecycle):
             try:
                 if self._producer is not None:
                     producer, self._producer = self._producer, None
-                    with contextlib.suppress(Exception):
-                        async with asyncio.timeout(PROBE_INTERVAL_S):
-                            await producer.stop()
+                    await _stop_quietly(producer)
                 self._producer = self._new_producer()
                 await self._producer.start()
                 assigned = sorted(self._consumer.assignment())
@@ -932,6 +958,7 @@ class Service(Lifecycle):
             await self._fence_departed(
                 {state.instance for state in states.values() if state and state.instance}
             )
+            await self._renew_producer()
         restored: set[TopicPartition] = set()
         for tp in assigned:
             meta = fetched.get(tp)

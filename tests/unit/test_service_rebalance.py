@@ -64,6 +64,7 @@ class _Producer:
     def __init__(self) -> None:
         self.transactions = 0
         self.offsets: list[dict[TopicPartition, tuple[int, str]]] = []
+        self.starts = 0
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -75,6 +76,12 @@ class _Producer:
     ) -> None:
         self.offsets.append(offsets)
 
+    async def start(self) -> None:
+        self.starts += 1
+
+    async def stop(self) -> None:
+        pass
+
 
 def _service(tmp_path: Path) -> tuple[Service, _Consumer, _Producer]:
     service = Service(Settings.model_validate({"model": {"path": str(tmp_path)}}))
@@ -84,6 +91,8 @@ def _service(tmp_path: Path) -> tuple[Service, _Consumer, _Producer]:
     producer = _Producer()
     service._consumer = consumer  # type: ignore[assignment]
     service._producer = producer  # type: ignore[assignment]
+    # Each new assignment renews the transactional producer: here the same stand-in.
+    service._new_producer = lambda: producer  # type: ignore[assignment,method-assign,return-value]
     service._admin = GroupOffsets(producer)  # type: ignore[assignment]
     service._started = True
     return service, consumer, producer
@@ -133,6 +142,8 @@ async def test_a_batch_fetched_after_an_assignment_is_handled(
     await service.run()
     assert len(service.pipeline.store) == 3
     assert [offsets[TP][0] for offsets in producer.offsets] == [100]
+    # The assignment renewed the transactional producer (see Service._renew_producer).
+    assert producer.starts == 1
 
 
 class _LaggingAdmin(GroupOffsets):

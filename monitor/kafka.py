@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import ssl
+import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Final, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -22,6 +23,7 @@ from aiokafka.coordinator.protocol import (
 from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
+    CorruptRecordException,
     IllegalSaslStateError,
     KafkaError,
     SaslAuthenticationFailed,
@@ -99,15 +101,181 @@ def _install_raw_records() -> bool:
     if getattr(init, "plantwatch_raw", False):
         return True
 
+    drain = _install_batch_drain(PartitionRecords)
+
     def init_raw(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         if getattr(self, "_key_deserializer", None) is raw_records:
             # Called as self._consumer_record(tp, record): {}.get returns the record.
             self._consumer_record = _AS_PARSED
+            if drain:
+                # getone() takes records from the same batches as getmany() does.
+                self._records_iterator = _one_at_a_time(self)
 
     init_raw.plantwatch_raw = True  # type: ignore[attr-defined]
     PartitionRecords.__init__ = init_raw
     return True
+
+
+#: What :func:`_take` uses of aiokafka's ``PartitionRecords._unpack_records`` and
+#: ``FetchResult.getall``: if either stops naming one of these, the batch drain stays off.
+_UNPACK_NAMES: Final = frozenset(
+    {
+        "has_next",
+        "next_batch",
+        "validate_crc",
+        "producer_id",
+        "_consume_aborted_up_to",
+        "is_control_batch",
+        "_contains_abort_marker",
+        "_aborted_producers",
+        "is_transactional",
+        "next_offset",
+        "base_offset",
+        "next_fetch_offset",
+        "_check_crcs",
+        "_isolation_level",
+        "READ_COMMITTED",
+    }
+)
+#: aiokafka's ``isolation_level="read_committed"`` in ``PartitionRecords`` (checked at install).
+_READ_COMMITTED: Final = 1
+_GETALL_NAMES: Final = frozenset(
+    {"check_assignment", "has_more", "_partition_records", "_update_position"}
+)
+
+
+def _install_batch_drain(partition_records: Any) -> bool:
+    """Let ``getmany`` hand a marked consumer's records over a record batch at a time.
+
+    aiokafka yields records one by one from a Python generator (``_unpack_records``, behind
+    ``PartitionRecords.__next__`` and ``FetchResult.getall``): three Python frames resumed per
+    record, about a quarter of the service's loop with JSON single readings (profiled:
+    bench/results/performance.md, session 18). For a marked consumer, :func:`_take` does what
+    that generator does, batch by batch and in the same order (CRC check, aborted transactions
+    and control batches under ``read_committed``, records before the fetch offset skipped), and
+    takes each batch's records in one C call. Other consumers are untouched.
+    """
+    try:
+        from aiokafka.consumer.fetcher import READ_COMMITTED, FetchResult
+    except ImportError:
+        return False
+    if READ_COMMITTED != _READ_COMMITTED:
+        return False
+    getall = FetchResult.getall
+    if getattr(getall, "plantwatch_raw", False):
+        return True
+    unpack = partition_records._unpack_records
+    if not (
+        set(unpack.__code__.co_names) >= _UNPACK_NAMES
+        and set(getall.__code__.co_names) >= _GETALL_NAMES
+        and hasattr(partition_records, "_consume_aborted_up_to")
+        and hasattr(partition_records, "_contains_abort_marker")
+    ):
+        return False
+
+    def getall_batches(self: Any, max_records: int | None = None) -> list[Any]:
+        records = self._partition_records
+        if records is None or records._consumer_record is not _AS_PARSED:
+            plain: list[Any] = getall(self, max_records)
+            return plain
+        if not self.check_assignment(self._topic_partition) or not self.has_more():
+            return []
+        out = _take(records, max_records)
+        self._update_position()
+        if (
+            records.plantwatch_pending is None
+            and records.plantwatch_error is None
+            and not records._records.has_next()
+        ):
+            self._partition_records = None
+        return out
+
+    getall_batches.plantwatch_raw = True  # type: ignore[attr-defined]
+    FetchResult.getall = getall_batches
+    return True
+
+
+def _take(records: Any, max_records: int | None) -> list[Any]:
+    """Up to ``max_records`` (all if None) of aiokafka ``PartitionRecords`` ``records``, as its
+    ``_unpack_records`` would yield them, taken a record batch at a time; a batch taken in part
+    waits in ``records.plantwatch_pending`` for the next call, and a CRC error after some
+    records were taken is raised by the next call (``records.plantwatch_error``)."""
+    error = getattr(records, "plantwatch_error", None)
+    records.plantwatch_error = None
+    if error is not None:
+        raise error
+    limit = sys.maxsize if max_records is None else max_records
+    out: list[Any] = []
+    pending = getattr(records, "plantwatch_pending", None)
+    while len(out) < limit:
+        if pending is not None:
+            start = records.plantwatch_taken
+            part = pending[start : start + limit - len(out)]
+            out += part
+            if start + len(part) < len(pending):
+                records.plantwatch_taken = start + len(part)
+                records.next_fetch_offset = part[-1].offset + 1
+                break
+            # Past the batch's last record (compaction may have removed some at its end).
+            records.next_fetch_offset = records.plantwatch_next_offset
+            pending = None
+            continue
+        source = records._records
+        if not source.has_next():
+            break
+        batch = source.next_batch()
+        if records._check_crcs and not batch.validate_crc():
+            # As aiokafka's generator, done after the error: the rest is fetched again. Unlike
+            # it, the records taken before the bad batch are returned; the error comes next.
+            records._records = _EMPTY
+            error = CorruptRecordException(f"Invalid CRC - {records._tp}")
+            if not out:
+                raise error
+            records.plantwatch_error = error
+            break
+        if records._isolation_level == _READ_COMMITTED and batch.producer_id is not None:
+            records._consume_aborted_up_to(batch.base_offset)
+            if batch.is_control_batch and records._contains_abort_marker(batch):
+                records._aborted_producers.discard(batch.producer_id)
+            if batch.is_transactional and batch.producer_id in records._aborted_producers:
+                records.next_fetch_offset = batch.next_offset
+                continue
+        if batch.is_control_batch:
+            records.next_fetch_offset = batch.next_offset
+            continue
+        taken = list(batch)
+        if taken and taken[0].offset < records.next_fetch_offset:
+            # A compressed message set of the old formats can start before the fetch offset.
+            first = records.next_fetch_offset
+            taken = [r for r in taken if r.offset >= first]
+        pending = taken
+        records.plantwatch_taken = 0
+        records.plantwatch_next_offset = batch.next_offset
+    records.plantwatch_pending = pending
+    return out
+
+
+def _batch_drain_installed() -> bool:
+    from aiokafka.consumer.fetcher import FetchResult
+
+    return bool(getattr(FetchResult.getall, "plantwatch_raw", False))
+
+
+def _one_at_a_time(records: Any) -> Iterator[Any]:
+    while taken := _take(records, 1):
+        yield taken[0]
+
+
+class _Exhausted:
+    """Stands in for a partition's record source once it has failed."""
+
+    @staticmethod
+    def has_next() -> bool:
+        return False
+
+
+_EMPTY: Final = _Exhausted()
 
 
 #: ``(tp, record) -> record`` without a Python frame.
@@ -117,6 +285,8 @@ _AS_PARSED: Final[Any] = {}.get
 #: Whether consumers marked by :func:`raw_records` get aiokafka's parsed records (else
 #: ConsumerRecords, which read the same).
 RAW_RECORDS: Final = _install_raw_records()
+#: Whether their ``getmany`` also takes records a batch at a time (:func:`_install_batch_drain`).
+BATCH_DRAIN: Final = RAW_RECORDS and _batch_drain_installed()
 
 
 class MembersAssignor(RoundRobinPartitionAssignor):  # type: ignore[misc]

@@ -59,6 +59,7 @@ from monitor.errors import ConfigError, DataError, KafkaUnavailableError, Plantw
 from monitor.events import AlertEvent
 from monitor.http import OpsServer
 from monitor.kafka import (
+    BATCH_DRAIN,
     RAW_RECORDS,
     Record,
     client_kwargs,
@@ -535,11 +536,12 @@ class Service(Lifecycle):
                 sys.setswitchinterval(SWITCH_INTERVAL_S)
             _switching["services"] += 1
         (logger.info if native.speedups is not None else logger.warning)(native.describe())
-        if not RAW_RECORDS:
+        if not (RAW_RECORDS and BATCH_DRAIN):
             logger.warning(
-                "aiokafka %s: records come as ConsumerRecords (its internals differ from "
-                "those the fast path expects); JSON single readings are slower",
+                "aiokafka %s: records come %s (its internals differ from those the fast path "
+                "expects); JSON single readings are slower",
                 aiokafka_version,
+                "one by one" if RAW_RECORDS else "as ConsumerRecords",
             )
         logger.info(
             "consuming %s as group %s from %s",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.structs import RecordMetadata
 
-from monitor.kafka import RAW_RECORDS, Record, raw_records
+from monitor.kafka import BATCH_DRAIN, RAW_RECORDS, Record, raw_records
 
 pytestmark = pytest.mark.kafka
 
@@ -148,3 +149,73 @@ async def test_raw_records_read_as_consumer_records_and_leave_other_consumers_al
     assert len(fields(got["raw"])) == 32
     unusual = {(r.key, r.value) for r in raw if r.key is None or r.value is None}
     assert unusual == {(b"gone", None), (None, b"unkeyed")}
+
+
+async def test_batch_drain_reads_what_aiokafka_yields_under_read_committed(
+    kafka_bootstrap: str, new_topic: NewTopicFactory
+) -> None:
+    """A marked consumer takes records a record batch at a time (monitor.kafka's batch drain):
+    under ``read_committed`` it skips an aborted transaction and the control batches, keeps a
+    batch taken in part for the next call (``max_records`` smaller than a batch), and ends at
+    the same position, with the same records in the same order, as aiokafka's own generator
+    in a plain consumer; ``getone`` reads the same as ``getmany``."""
+    topic = await new_topic(partitions=1)
+    tp = TopicPartition(topic, 0)
+    expected: list[bytes] = []
+
+    async def plain_batch(first: int) -> None:
+        # Sent without waiting for each ack, so several records share a record batch.
+        async with AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=50) as producer:
+            values = [f"plain-{n}".encode() for n in range(first, first + 12)]
+            await asyncio.gather(*[await producer.send(topic, value=v, key=b"k") for v in values])
+        expected.extend(values)
+
+    await plain_batch(0)
+    async with AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"smoke-{topic}", linger_ms=50
+    ) as producer:
+        for outcome in ("commit", "abort", "commit"):
+            await producer.begin_transaction()
+            values = [f"{outcome}-{len(expected)}-{n}".encode() for n in range(5)]
+            for v in values:
+                await producer.send(topic, value=v, key=b"k")
+            if outcome == "commit":
+                await producer.commit_transaction()
+                expected.extend(values)
+            else:
+                await producer.abort_transaction()
+    await plain_batch(100)
+
+    async def read(marker: Callable[[bytes | None], bytes | None] | None, one: bool) -> Any:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            key_deserializer=marker,
+        )
+        async with consumer:
+            got: list[Record] = []
+            async with asyncio.timeout(CONSUME_TIMEOUT_S):
+                while len(got) < len(expected):
+                    if one:
+                        got.append(await consumer.getone())
+                    else:
+                        for records in (
+                            await consumer.getmany(timeout_ms=500, max_records=3)
+                        ).values():
+                            assert len(records) <= 3
+                            got.extend(records)
+            assert not await consumer.getmany(timeout_ms=1000)
+            return [(r.offset, r.key, r.value) for r in got], await consumer.position(tp)
+
+    assert BATCH_DRAIN, "aiokafka's internals changed: the service's batch drain is off"
+    plain = await read(None, one=False)
+    assert [value for _, _, value in plain[0]] == expected
+    assert await read(raw_records, one=False) == plain
+    assert await read(raw_records, one=True) == plain
+    # The offsets include the aborted records and the three transaction markers, which
+    # neither consumer returns; both end past the last record.
+    assert plain[0][-1][0] == len(expected) + 5 + 3 - 1
+    assert plain[1] == plain[0][-1][0] + 1

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import OffsetAndMetadata
 
 from monitor import service as service_module
@@ -241,3 +242,19 @@ async def test_a_stop_waits_until_its_last_commit_shows(tmp_path: Path) -> None:
     await service.run()
     assert producer.transactions == 1
     assert len(admin.held) == 3
+
+
+async def test_an_assignment_keeps_the_producer_if_a_fresh_one_cannot_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    service, _, producer = _service(tmp_path)
+
+    class _Unreachable(_Producer):
+        async def start(self) -> None:
+            raise KafkaConnectionError("no broker")
+
+    service._new_producer = _Unreachable  # type: ignore[assignment,method-assign]
+    with caplog.at_level(logging.WARNING, logger="monitor.service"):
+        await _Rebalance(service).on_partitions_assigned([TP])
+    assert service._producer is producer
+    assert "could not renew the transactional producer" in caplog.text

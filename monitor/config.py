@@ -39,11 +39,10 @@ class KafkaSettings(_Section):
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
     #: The brokers' ``offset.metadata.max.bytes``: room for alert state in each commit.
     offset_metadata_max_bytes: int = Field(default=4096, ge=64)
-    #: How long the brokers keep a transaction of a crashed instance open before aborting it,
-    #: plus up to their ``transaction.abort.timed.out.transaction.cleanup.interval.ms`` (a
-    #: restarted instance with the same ``instance_id``, or the new owner of its partitions,
-    #: aborts it at once). Until then, ``read_committed`` readers of the alerts and scores
-    #: topics wait at that transaction.
+    #: How long the brokers keep a transaction of a crashed instance open before aborting it
+    #: (a restarted instance with the same ``instance_id`` aborts it at once), plus up to their
+    #: ``transaction.abort.timed.out.transaction.cleanup.interval.ms``. Until then,
+    #: ``read_committed`` readers of the alerts and scores topics wait at that transaction.
     #: Must exceed the time one batch takes to score and commit.
     transaction_timeout_ms: int = Field(default=60_000, ge=1_000, le=900_000)
 

@@ -5,21 +5,14 @@ Only this module and the components that own a consumer or producer touch aiokaf
 
 from __future__ import annotations
 
-import json
 import ssl
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, ClassVar, Final, Protocol
+from collections.abc import Iterator
+from typing import Any, Final, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.cluster import ClusterMetadata
 from aiokafka.conn import create_conn
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.coordinator.protocol import (
-    ConsumerProtocolMemberAssignment,
-    ConsumerProtocolMemberMetadata,
-)
 from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
@@ -287,64 +280,6 @@ _AS_PARSED: Final[Any] = {}.get
 RAW_RECORDS: Final = _install_raw_records()
 #: Whether their ``getmany`` also takes records a batch at a time (:func:`_install_batch_drain`).
 BATCH_DRAIN: Final = RAW_RECORDS and _batch_drain_installed()
-
-
-class MembersAssignor(RoundRobinPartitionAssignor):  # type: ignore[misc]
-    """aiokafka's round-robin assignment, which also tells every member the ``instance_id`` of
-    each member of the new generation.
-
-    Each member names its instance in its subscription's user data; the leader assigns
-    round-robin and hands the list of instances to every member with its assignment. A service
-    that takes over a partition last committed by an instance *not* in that list knows the
-    instance has left the group (crashed, or paused past its session timeout) and can fence its
-    transactional id. aiokafka's assignors are classes, so each consumer gets its own subclass
-    (:func:`group_assignors`).
-
-    A group whose members do not all offer this protocol (a rolling upgrade) agrees on plain
-    ``roundrobin``; then :attr:`members` is ``None`` and nothing is fenced.
-    """
-
-    name = "plantwatch-roundrobin"
-    version = 0
-    #: This consumer's instance, sent with its subscription.
-    instance: ClassVar[str] = ""
-    #: The instances of the group's current generation (``None``: not known).
-    members: ClassVar[frozenset[str] | None] = None
-
-    @classmethod
-    def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-        # Called on every (re)join. Until this protocol's assignment arrives, membership is
-        # unknown: a generation on plain roundrobin must not be judged by an older list.
-        cls.members = None
-        return ConsumerProtocolMemberMetadata(cls.version, list(topics), cls.instance.encode())
-
-    @classmethod
-    def assign(
-        cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
-    ) -> dict[str, ConsumerProtocolMemberAssignment]:
-        plain = super().assign(cluster, members)
-        names = sorted({(m.user_data or b"").decode("utf-8", "replace") for m in members.values()})
-        data = json.dumps(names).encode()
-        return {
-            member: ConsumerProtocolMemberAssignment(a.version, a.assignment, data)
-            for member, a in plain.items()
-        }
-
-    @classmethod
-    def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
-        try:
-            names = json.loads(assignment.user_data)
-        except (TypeError, ValueError):
-            names = None
-        ok = isinstance(names, list) and all(isinstance(n, str) for n in names)
-        cls.members = frozenset(names) if ok else None
-
-
-def group_assignors(instance: str) -> tuple[type[MembersAssignor], type[Any]]:
-    """``partition_assignment_strategy`` for a consumer of ``instance``: plantwatch's own
-    protocol first, aiokafka's ``roundrobin`` for groups that still have older members."""
-    own = type("InstanceAssignor", (MembersAssignor,), {"instance": instance, "members": None})
-    return own, RoundRobinPartitionAssignor
 
 
 def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:

@@ -34,15 +34,11 @@ class CommitState:
     #: The detector state of ``model.path``'s route, and of further routes by name.
     detector: dict[str, Any] | None = None
     routes: dict[str, dict[str, Any]] | None = None
-    #: The ``instance_id`` that committed (a new owner fences it if it has left the group).
-    instance: str | None = None
 
 
 def encode(state: CommitState, *, limit: int = 4096) -> str | None:
     """Metadata for one partition's commit; ``None`` if it would exceed ``limit`` bytes."""
     doc: dict[str, Any] = {"t": state.scored_through}
-    if state.instance:
-        doc["i"] = state.instance
     if state.detector:
         doc["d"] = state.detector
     if state.routes:
@@ -57,13 +53,7 @@ def decode(text: str | None) -> CommitState | None:
         return None
     try:
         doc = json.loads(zlib.decompress(base64.b64decode(text[len(FORMAT) :])))
-        instance = doc.get("i")
-        return CommitState(
-            int(doc["t"]),
-            detector=doc.get("d"),
-            routes=doc.get("r"),
-            instance=instance if isinstance(instance, str) else None,
-        )
+        return CommitState(int(doc["t"]), detector=doc.get("d"), routes=doc.get("r"))
     except (ValueError, KeyError, TypeError, zlib.error):
         logger.warning("ignoring unreadable commit metadata")
         return None

@@ -63,7 +63,6 @@ from monitor.kafka import (
     RAW_RECORDS,
     Record,
     client_kwargs,
-    group_assignors,
     raw_records,
     start_error,
 )
@@ -115,8 +114,6 @@ PROBE_INTERVAL_S = 5.0
 #: Service._await_visible), polling every COMMIT_VISIBLE_POLL_S.
 COMMIT_VISIBLE_WAIT_S = 5.0
 COMMIT_VISIBLE_POLL_S = 0.02
-#: How long a new owner tries to fence an instance that left the group (Service._fence_departed).
-FENCE_TIMEOUT_S = 5.0
 #: Message keys remembered with the route whose asset they name (see Service._owners).
 KEY_ROUTE_CACHE = 1 << 17
 
@@ -260,16 +257,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.service._batch_lock:
             try:
-                await self.service._assign(assigned, fence=True)
+                await self.service._assign(assigned)
             finally:
                 self.service._reassigning = False
-
-
-async def _stop_quietly(producer: AIOKafkaProducer) -> None:
-    """Stop a producer that is being replaced; whatever it fails with no longer matters."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(PROBE_INTERVAL_S):
-            await producer.stop()
 
 
 class Service(Lifecycle):
@@ -329,9 +319,6 @@ class Service(Lifecycle):
         self._scoring: deque[_Scoring] = deque()
         #: Per assigned partition: the last commit known to have succeeded, (offset, metadata).
         self._last_commit: dict[TopicPartition, tuple[int, str]] = {}
-        #: Names this instance in its transactional id, its commits and its group membership.
-        self._instance = settings.instance_id or socket.gethostname()
-        self._assignors = group_assignors(self._instance)
         #: Per partition: commit without alert state until then (it did not fit); last warning.
         self._bare_commits_until: dict[TopicPartition, float] = {}
         self._bare_commit_warned: dict[TopicPartition, float] = {}
@@ -506,7 +493,6 @@ class Service(Lifecycle):
                 fetch_max_wait_ms=s.input.fetch_max_wait_ms,
                 # aiokafka's parsed records, not a ConsumerRecord each (monitor.kafka).
                 key_deserializer=raw_records,
-                partition_assignment_strategy=self._assignors,
             )
             self._consumer.subscribe(list(s.input.topics), listener=_Rebalance(self))
             await self._consumer.start()
@@ -622,86 +608,15 @@ class Service(Lifecycle):
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
+        instance = s.instance_id or socket.gethostname()
         return AIOKafkaProducer(
             **client_kwargs(s.kafka),
             acks="all",
             enable_idempotence=True,
-            transactional_id=self._transactional_id(self._instance),
+            transactional_id=f"plantwatch-{s.input.group_id}-{instance}",
             transaction_timeout_ms=s.kafka.transaction_timeout_ms,
             linger_ms=5,
         )
-
-    def _transactional_id(self, instance: str) -> str:
-        return f"plantwatch-{self.settings.input.group_id}-{instance}"
-
-    async def _fence_departed(self, committers: set[str]) -> None:
-        """Fence the transactional ids of instances that last committed partitions this one
-        now owns but are no longer in the group.
-
-        Such an instance crashed or stalled (past its session timeout), possibly inside a
-        transaction. Left alone, that transaction blocks every ``read_committed`` reader of the
-        alerts and scores topics until the brokers time it out (``kafka.transaction_timeout_ms``
-        plus up to their check interval, two minutes with Kafka 2.3's defaults), and a stalled
-        instance that wakes up could still commit its last batch while this one replays it.
-        Initialising its transactional id aborts that transaction and fences the instance: it
-        exits on its next commit, and its supervisor restarts it into the group.
-        """
-        members = self._assignors[0].members
-        if members is None:  # the group agreed on plain roundrobin: membership unknown
-            return
-        departed = sorted(committers - members - {self._instance})
-        if departed:
-            await asyncio.gather(*(self._fence(instance) for instance in departed))
-
-    async def _renew_producer(self) -> None:
-        """Replace the transactional producer by a fresh one with the same id, on each new
-        assignment (nothing is open then: a revocation commits first).
-
-        Another member fences this instance's id when it takes over partitions this instance
-        committed in a generation this instance was not part of, e.g. while the group forms at
-        start or while this instance restarts. The fresh producer's epoch comes after every
-        such fence (each was made in an assignment before this one), so it is never fenced by
-        mistake. If the fresh producer cannot start, the old one is kept.
-        """
-        fresh = self._new_producer()
-        try:
-            await fresh.start()
-        except KafkaError as exc:
-            logger.warning("could not renew the transactional producer (%r); keeping it", exc)
-            await _stop_quietly(fresh)
-            return
-        old, self._producer = self._producer, fresh
-        if old is not None:
-            await _stop_quietly(old)
-
-    async def _fence(self, instance: str) -> None:
-        s = self.settings
-        producer = AIOKafkaProducer(
-            **client_kwargs(s.kafka),
-            enable_idempotence=True,
-            transactional_id=self._transactional_id(instance),
-            transaction_timeout_ms=s.kafka.transaction_timeout_ms,
-        )
-        try:
-            # start() initialises the transactional id: it returns once the broker has aborted
-            # whatever the departed instance left open.
-            async with asyncio.timeout(FENCE_TIMEOUT_S):
-                await producer.start()
-            logger.info(
-                "fenced instance %r, which left the group: its open transaction, if any, is "
-                "aborted",
-                instance,
-            )
-        except (KafkaError, TimeoutError) as exc:
-            logger.warning(
-                "could not fence instance %r, which left the group (%r); an open transaction "
-                "of it blocks read_committed readers until the brokers time it out",
-                instance,
-                exc,
-            )
-        finally:
-            with contextlib.suppress(Exception):
-                await producer.stop()
 
     async def _rewind(self, cause: BaseException) -> None:
         """Recover from a batch whose transaction failed, without a restart.
@@ -722,7 +637,9 @@ class Service(Lifecycle):
             try:
                 if self._producer is not None:
                     producer, self._producer = self._producer, None
-                    await _stop_quietly(producer)
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(PROBE_INTERVAL_S):
+                            await producer.stop()
                 self._producer = self._new_producer()
                 await self._producer.start()
                 assigned = sorted(self._consumer.assignment())
@@ -935,9 +852,7 @@ class Service(Lifecycle):
                 return
             await asyncio.sleep(COMMIT_VISIBLE_POLL_S)
 
-    async def _assign(
-        self, assigned: list[TopicPartition], *, fence: bool = False
-    ) -> set[TopicPartition]:
+    async def _assign(self, assigned: list[TopicPartition]) -> set[TopicPartition]:
         """Restore the assigned partitions from their last commits; return those restored.
 
         Per partition the newer (by ``scored_through``) of the group coordinator's commit and
@@ -945,9 +860,6 @@ class Service(Lifecycle):
         last *materialised* commit, which around a broker restart can still lack a transaction
         that did commit (its markers pending) -- that batch would be scored and counted again
         (seen in tests/integration/test_faults.py).
-
-        With ``fence`` (a new assignment), instances that committed these partitions last and
-        have left the group are fenced first (:meth:`_fence_departed`).
         """
         assert self._admin is not None
         if not assigned:
@@ -955,17 +867,11 @@ class Service(Lifecycle):
         fetched = await self._admin.list_consumer_group_offsets(
             self.settings.input.group_id, partitions=list(assigned)
         )
-        states = {tp: offsets.decode(meta.metadata) for tp, meta in fetched.items()}
-        if fence:
-            await self._fence_departed(
-                {state.instance for state in states.values() if state and state.instance}
-            )
-            await self._renew_producer()
         restored: set[TopicPartition] = set()
         for tp in assigned:
             meta = fetched.get(tp)
             offset, metadata = (meta.offset, meta.metadata) if meta is not None else (-1, "")
-            state = states.get(tp)
+            state = offsets.decode(metadata)
             own = self._last_commit.get(tp)
             own_state = offsets.decode(own[1]) if own is not None else None
             source = "group"
@@ -1596,9 +1502,7 @@ class Service(Lifecycle):
             self._last_commit.update(commits)
         except ProducerFenced as exc:
             raise KafkaUnavailableError(
-                f"fenced: another instance with instance_id {self._instance!r} started, or this "
-                "one stalled past its session timeout and left the group, and its partitions' "
-                f"new owner fenced it; restart to rejoin ({exc})"
+                f"another instance with instance_id {s.instance_id!r} took over: {exc}"
             ) from exc
         except KafkaError as exc:
             raise _NotCommittedError(f"could not commit a batch transaction: {exc!r}") from exc
@@ -1626,10 +1530,7 @@ class Service(Lifecycle):
                     if (snapshot := route.detector.snapshot(assets, history=history))
                 }
                 state = offsets.CommitState(
-                    through,
-                    detector=snapshots.pop(DEFAULT_ROUTE, None),
-                    routes=snapshots or None,
-                    instance=self._instance,
+                    through, detector=snapshots.pop(DEFAULT_ROUTE, None), routes=snapshots or None
                 )
                 text = offsets.encode(state, limit=limit)
                 if text is not None:
@@ -1651,9 +1552,7 @@ class Service(Lifecycle):
                     len(assets),
                     limit,
                 )
-        text = offsets.encode(
-            offsets.CommitState(through, instance=self._instance), limit=limit
-        ) or offsets.encode(offsets.CommitState(through), limit=limit)
+        text = offsets.encode(offsets.CommitState(through), limit=limit)
         assert text is not None  # a bare offset always fits
         return text
 

@@ -10,7 +10,6 @@ was produced at the moment of each change is measured and printed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import subprocess
@@ -22,10 +21,9 @@ from typing import Any
 
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import ProducerFenced
 
 from monitor import offsets
 from monitor.events import AlertEvent
@@ -322,89 +320,3 @@ async def test_group_scales_out_survives_sigkill_and_graceful_stop(
     for change, seconds in recovery.items():
         print(f"  caught up after {change}: {seconds:.1f}s")
     assert events, "the quick alert rule should have opened alerts"
-
-
-async def _stable_and_end(bootstrap: str, tp: TopicPartition) -> tuple[int, int]:
-    """``tp``'s last stable offset (what ``read_committed`` readers can reach) and its end."""
-    committed = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
-    everything = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await committed.start()
-    await everything.start()
-    try:
-        stable = (await committed.end_offsets([tp]))[tp]
-        end = (await everything.end_offsets([tp]))[tp]
-        return stable, end
-    finally:
-        await committed.stop()
-        await everything.stop()
-
-
-async def test_new_owner_fences_an_instance_that_left_a_transaction_open(
-    kafka_bootstrap: str, new_topic: NewTopic, plant_bundle: Path, tmp_path: Path
-) -> None:
-    """An instance that crashed (or stalled past its session timeout) inside a transaction:
-    its open transaction holds back every reader of the scores topic until the brokers time it
-    out (a minute here), unless the partitions' new owner fences it.
-
-    "a" scores and commits, then is SIGKILLed; a producer with a's transactional id then
-    leaves a transaction open on the scores topic, as "a" would have if it had died a moment
-    later (a real instance's transactions stay open only for milliseconds, too briefly to
-    catch). "b" takes over: readers must be unblocked long before the timeout, the zombie's
-    commit must fail as fenced, and every window must be scored with no alert event twice."""
-    topics = await _new_topics(new_topic, 2)
-    readings, scores = topics["readings"], topics["scores"]
-    group_id = f"fence-{readings[-8:]}"
-    doc = _serve_doc(kafka_bootstrap, group_id, topics, plant_bundle, 60_000)
-    sim = _plant(3000, 43)
-    scores_tp = TopicPartition(scores, 0)
-    group = Group(tmp_path, doc)
-    zombie = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap,
-        transactional_id=f"plantwatch-{group_id}-a",
-        transaction_timeout_ms=60_000,
-    )
-    try:
-        group.start("a")
-        producing = asyncio.create_task(produce(sim, kafka_bootstrap, readings, rate=200))
-        async with asyncio.timeout(60):
-            while (await _stable_and_end(kafka_bootstrap, scores_tp))[1] < 200:
-                group.check_alive()
-                await asyncio.sleep(0.2)
-        group.kill("a")
-        await zombie.start()
-        await zombie.begin_transaction()
-        await (await zombie.send(scores, b"{}", key=b"zombie"))
-        stuck, end = await _stable_and_end(kafka_bootstrap, scores_tp)
-        assert stuck < end
-        left_open_at = time.monotonic()
-        group.start("b")
-        while True:
-            group.check_alive()
-            stable, end = await _stable_and_end(kafka_bootstrap, scores_tp)
-            if stable > stuck:
-                unblocked = time.monotonic() - left_open_at
-                break
-            # The brokers would abort it 60 s after it began (at their next check).
-            assert time.monotonic() - left_open_at < 45, (stable, end, group.log("b")[-3000:])
-            await asyncio.sleep(0.2)
-        assert "fenced instance 'a'" in group.log("b")
-        with pytest.raises(ProducerFenced):
-            await zombie.commit_transaction()
-        produced = await producing
-        await asyncio.sleep(2.0)
-        group.check_alive()
-        group.procs["b"].send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(group.procs["b"].wait, 20) == 0, group.log("b")[-2000:]
-    finally:
-        with contextlib.suppress(Exception):
-            await zombie.stop()
-        group.close()
-
-    records = await read_topic(kafka_bootstrap, scores)
-    assert not [r for r in records if r.key == b"zombie"], "the fenced transaction was read"
-    _, scored, events = await _audit(kafka_bootstrap, sim, topics)
-    print(
-        f"\nfencing: {produced} readings; readers unblocked {unblocked:.1f}s after the "
-        f"transaction was left open (the brokers would have aborted it after 60s); "
-        f"{sum(n > 1 for n in scored.values())} windows scored twice, {len(events)} alert events"
-    )

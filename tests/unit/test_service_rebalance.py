@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import OffsetAndMetadata
 
 from monitor import service as service_module
@@ -65,7 +64,6 @@ class _Producer:
     def __init__(self) -> None:
         self.transactions = 0
         self.offsets: list[dict[TopicPartition, tuple[int, str]]] = []
-        self.starts = 0
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -77,12 +75,6 @@ class _Producer:
     ) -> None:
         self.offsets.append(offsets)
 
-    async def start(self) -> None:
-        self.starts += 1
-
-    async def stop(self) -> None:
-        pass
-
 
 def _service(tmp_path: Path) -> tuple[Service, _Consumer, _Producer]:
     service = Service(Settings.model_validate({"model": {"path": str(tmp_path)}}))
@@ -92,8 +84,6 @@ def _service(tmp_path: Path) -> tuple[Service, _Consumer, _Producer]:
     producer = _Producer()
     service._consumer = consumer  # type: ignore[assignment]
     service._producer = producer  # type: ignore[assignment]
-    # Each new assignment renews the transactional producer: here the same stand-in.
-    service._new_producer = lambda: producer  # type: ignore[assignment,method-assign,return-value]
     service._admin = GroupOffsets(producer)  # type: ignore[assignment]
     service._started = True
     return service, consumer, producer
@@ -143,8 +133,6 @@ async def test_a_batch_fetched_after_an_assignment_is_handled(
     await service.run()
     assert len(service.pipeline.store) == 3
     assert [offsets[TP][0] for offsets in producer.offsets] == [100]
-    # The assignment renewed the transactional producer (see Service._renew_producer).
-    assert producer.starts == 1
 
 
 class _LaggingAdmin(GroupOffsets):
@@ -242,19 +230,3 @@ async def test_a_stop_waits_until_its_last_commit_shows(tmp_path: Path) -> None:
     await service.run()
     assert producer.transactions == 1
     assert len(admin.held) == 3
-
-
-async def test_an_assignment_keeps_the_producer_if_a_fresh_one_cannot_start(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    service, _, producer = _service(tmp_path)
-
-    class _Unreachable(_Producer):
-        async def start(self) -> None:
-            raise KafkaConnectionError("no broker")
-
-    service._new_producer = _Unreachable  # type: ignore[assignment,method-assign]
-    with caplog.at_level(logging.WARNING, logger="monitor.service"):
-        await _Rebalance(service).on_partitions_assigned([TP])
-    assert service._producer is producer
-    assert "could not renew the transactional producer" in caplog.text

@@ -126,77 +126,6 @@ async def _scored(bootstrap: str, topic: str) -> Counter[tuple[str, int]]:
     return counts
 
 
-def _serve_doc(
-    bootstrap: str, group_id: str, topics: dict[str, str], bundle: Path, transaction_ms: int
-) -> dict[str, Any]:
-    """``serve``'s settings for one group; ``topics``: readings, dead letters, alerts, scores."""
-    return {
-        "kafka": {"bootstrap_servers": bootstrap, "transaction_timeout_ms": transaction_ms},
-        "input": {
-            "topics": [topics["readings"]],
-            "group_id": group_id,
-            "dead_letter_topic": topics["dlq"],
-        },
-        "model": {
-            "path": str(bundle),
-            "device": "cpu",
-            "reload": "off",
-            "workers": 1,
-            "threads": 1,
-        },
-        # A quick alert rule, so that alerts open (and are checked for duplicates) in a short run.
-        "detector": {"k": 6, "n": 10, "m": 10},
-        "alerts": {"topic": topics["alerts"]},
-        "scores": {"topic": topics["scores"]},
-        "delivery": {"enabled": False},
-        "http": {"host": "127.0.0.1", "port": 0},
-        "shutdown_deadline_s": 10,
-    }
-
-
-def _plant(duration_s: float, seed: int, **sizes: int) -> PlantSimulator:
-    return PlantSimulator(
-        PlantConfig(
-            **{**PLANT, **sizes},
-            start="2026-01-02T00:00:00Z",
-            duration_s=duration_s,
-            n_faults=3,
-            fault_duration_s=(300.0, 600.0),
-            seed=seed,
-        )
-    )
-
-
-async def _audit(
-    bootstrap: str, sim: PlantSimulator, topics: dict[str, str]
-) -> tuple[int, Counter[tuple[str, int]], list[AlertEvent]]:
-    """Check that every window after each asset's first was scored and that no alert event
-    appears twice; return how many windows were expected, the scores, and the events."""
-    expected = set()
-    first = sim.config.start_ms + (PLANT_WINDOW - 1) * sim.config.interval_ms
-    for ts_ms, _ in sim.arrays():
-        steps = [t for t in ts_ms.tolist() if t >= first]
-        expected.update((asset, t) for asset in sim.assets for t in steps)
-    scored = await _scored(bootstrap, topics["scores"])
-    missing = expected - set(scored)
-    by_asset = Counter(asset for asset, _ in missing)
-    assert not missing, (
-        f"{len(missing)} windows never scored: {dict(by_asset)}, e.g. {min(missing)}"
-    )
-    records = await read_topic(bootstrap, topics["alerts"])
-    events = [AlertEvent.from_json(r.value) for r in records]
-    ids = Counter(e.event_id for e in events)
-    assert max(ids.values(), default=1) == 1, [i for i, n in ids.items() if n > 1]
-    return len(expected), scored, events
-
-
-async def _new_topics(new_topic: NewTopic, partitions: int) -> dict[str, str]:
-    topics = {"readings": await new_topic(partitions=partitions)}
-    for name in ("alerts", "dlq", "scores"):
-        topics[name] = await new_topic(partitions=1)
-    return topics
-
-
 class Progress:
     """How far the group has scored each partition (from its commit metadata)."""
 
@@ -259,16 +188,45 @@ async def test_group_scales_out_survives_sigkill_and_graceful_stop(
     """``routed``: each instance serves the pumps on ``model.path`` and the compressors on a
     route (the same bundle: the handover of every route's windows and alert state is under
     test, not the model)."""
-    topics = await _new_topics(new_topic, PARTITIONS)
-    readings, alerts, scores = topics["readings"], topics["alerts"], topics["scores"]
+    readings = await new_topic(partitions=PARTITIONS)
+    alerts, dlq, scores = [await new_topic(partitions=1) for _ in range(3)]
     group_id = f"scaleout-{readings[-8:]}"
-    doc = _serve_doc(kafka_bootstrap, group_id, topics, plant_bundle, TRANSACTION_TIMEOUT_MS)
+    doc: dict[str, Any] = {
+        "kafka": {
+            "bootstrap_servers": kafka_bootstrap,
+            "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
+        },
+        "input": {"topics": [readings], "group_id": group_id, "dead_letter_topic": dlq},
+        "model": {
+            "path": str(plant_bundle),
+            "device": "cpu",
+            "reload": "off",
+            "workers": 1,
+            "threads": 1,
+        },
+        # A quick alert rule, so that alerts open (and are checked for duplicates) in a short run.
+        "detector": {"k": 6, "n": 10, "m": 10},
+        "alerts": {"topic": alerts},
+        "scores": {"topic": scores},
+        "delivery": {"enabled": False},
+        "http": {"host": "127.0.0.1", "port": 0},
+        "shutdown_deadline_s": 10,
+    }
     if routed:
         doc["input"]["asset_patterns"] = ["pump-*"]
         doc["routes"] = [
             {"name": "compressors", "asset_patterns": ["compressor-*"], "model": str(plant_bundle)}
         ]
-    sim = _plant(2400, 41, n_pumps=9, n_compressors=3)
+    sim = PlantSimulator(
+        PlantConfig(
+            **{**PLANT, "n_pumps": 9, "n_compressors": 3},
+            start="2026-01-02T00:00:00Z",
+            duration_s=2400,
+            n_faults=3,
+            fault_duration_s=(300.0, 600.0),
+            seed=41,
+        )
+    )
     group = Group(tmp_path, doc)
     recovery: dict[str, float] = {}
     began = time.monotonic()
@@ -309,14 +267,26 @@ async def test_group_scales_out_survives_sigkill_and_graceful_stop(
     aborted_by = killed_at + TRANSACTION_TIMEOUT_MS / 1000 + await _abort_check_s(kafka_bootstrap)
     await _transactions_end(kafka_bootstrap, [scores, alerts], by=aborted_by + 5.0)
 
-    expected, scored, events = await _audit(kafka_bootstrap, sim, topics)
+    expected = set()
+    first = sim.config.start_ms + (PLANT_WINDOW - 1) * sim.config.interval_ms
+    for ts_ms, _ in sim.arrays():
+        steps = [t for t in ts_ms.tolist() if t >= first]
+        expected.update((asset, t) for asset in sim.assets for t in steps)
+    scored = await _scored(kafka_bootstrap, scores)
+    missing = expected - set(scored)
+    by_asset = Counter(asset for asset, _ in missing)
+    assert not missing, (
+        f"{len(missing)} windows never scored: {dict(by_asset)}, e.g. {min(missing)}"
+    )
+    events = [AlertEvent.from_json(r.value) for r in await read_topic(kafka_bootstrap, alerts)]
     ids = Counter(e.event_id for e in events)
     twice = sum(1 for n in scored.values() if n > 1)
     print(
-        f"\nscale-out: {produced} readings, {expected} windows expected, all scored "
+        f"\nscale-out: {produced} readings, {len(expected)} windows expected, all scored "
         f"({twice} twice); {len(events)} alert events, "
         f"{sum(n > 1 for n in ids.values())} duplicated; total {time.monotonic() - began:.0f}s"
     )
     for change, seconds in recovery.items():
         print(f"  caught up after {change}: {seconds:.1f}s")
     assert events, "the quick alert rule should have opened alerts"
+    assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1]
